@@ -1,0 +1,348 @@
+// The mapping agent's main thread: it talks to the controller, owns the writes to the shared
+// tables, and runs the worker threads that serve NBD. Tables are volatile (R4): a new table is all
+// Invalid and entries arrive through faults or pushes from the controller.
+import { availableParallelism } from "node:os";
+import { SharedTables } from "../wasm/tables.ts";
+import { InflightTracker } from "./inflight.ts";
+import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
+import { assert } from "../engine/util/assert.ts";
+import { nbdUri, type Address } from "../engine/util/address.ts";
+import {
+  agentRequests,
+  controllerRequests,
+  PROTOCOL_VERSION,
+  type AgentRequests,
+  type ArgsOf,
+  type Runs,
+} from "../engine/wire/messages.ts";
+import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../engine/wire/peer.ts";
+import { connect } from "../engine/wire/transport.ts";
+
+export const TABLE_SLOTS_MAX = 1024;
+export const WORKERS_MAX = 16;
+/** How long a fault waits for the controller to be reachable before the host gets EIO. */
+export const FAULT_WAIT_MS = 30_000;
+const RECONNECT_DELAY_MIN_MS = 50;
+const RECONNECT_DELAY_MAX_MS = 2_000;
+
+export interface AgentOptions {
+  id: string;
+  control: Address;
+  nbd: Address;
+  workers?: number;
+  log?: (line: string) => void;
+}
+
+type ControllerPeer = Peer<AgentRequests, typeof controllerRequests>;
+
+interface Table extends ExportEntry {
+  entryCount: number;
+}
+
+export class Agent {
+  private readonly tables = new Map<number, Table>();
+  private readonly containers = new Map<number, ContainerEntry>();
+  private readonly freeSlots: number[] = [];
+  private readonly workers: Worker[] = [];
+  private controller: ControllerPeer | null = null;
+  private connectedWaiters: (() => void)[] = [];
+  private stopping = false;
+  private nbdAddress: Address;
+  private readonly exportListeners: ((name: string, uri: string) => void)[] = [];
+  private readonly say: (line: string) => void;
+
+  private constructor(
+    private readonly options: AgentOptions,
+    private readonly shared: SharedTables,
+    private readonly inflight: InflightTracker,
+  ) {
+    this.say = options.log ?? ((line) => console.error(line));
+    this.nbdAddress = options.nbd;
+    for (let slot = TABLE_SLOTS_MAX - 1; slot >= 0; slot -= 1) this.freeSlots.push(slot);
+  }
+
+  static async start(options: AgentOptions): Promise<Agent> {
+    const agent = new Agent(options, await SharedTables.create(), InflightTracker.create());
+    await agent.startWorkers(Math.min(WORKERS_MAX, options.workers ?? Math.min(availableParallelism(), 4)));
+    agent.connectLoop();
+    return agent;
+  }
+
+  /** The NBD address actually served (the TCP port is filled in when 0 was asked for). */
+  get address(): Address {
+    return this.nbdAddress;
+  }
+
+  /** Calls `listener` for every export the agent starts serving, now and later. */
+  onExport(listener: (name: string, uri: string) => void): void {
+    this.exportListeners.push(listener);
+  }
+
+  exportNames(): string[] {
+    return [...this.tables.values()].map((table) => table.name);
+  }
+
+  /** Resolves once the agent is registered with the controller. */
+  whenConnected(): Promise<void> {
+    if (this.controller) return Promise.resolve();
+    return new Promise((resolve) => this.connectedWaiters.push(resolve));
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.controller?.close();
+    await Promise.all(
+      this.workers.map(
+        (worker) =>
+          new Promise<void>((resolve) => {
+            worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
+              if (event.data.type === "stopped") resolve();
+            });
+            worker.addEventListener("close", () => resolve());
+            this.post(worker, { type: "stop" });
+          }),
+      ),
+    );
+    for (const worker of this.workers) worker.terminate();
+  }
+
+  // ---- Worker threads ----
+
+  private async startWorkers(count: number): Promise<void> {
+    const nbd = this.options.nbd;
+    for (let index = 0; index < count; index += 1) {
+      const listen: NbdListen[] = [];
+      if (nbd.kind === "unix") {
+        // A unix socket path can be bound once, so one worker accepts every unix connection.
+        if (index === 0) listen.push({ kind: "unix", path: nbd.path });
+      } else {
+        const port = this.nbdAddress.kind === "tcp" ? this.nbdAddress.port : nbd.port;
+        listen.push({ kind: "tcp", host: nbd.host, port, reusePort: count > 1 });
+      }
+      const worker = new Worker(new URL("./worker.ts", import.meta.url).href);
+      const started = new Promise<number | undefined>((resolve, reject) => {
+        const onMessage = (event: MessageEvent<FromWorker>) => {
+          if (event.data.type === "listening") resolve(event.data.tcpPort);
+          if (event.data.type === "failed") reject(new Error(event.data.message));
+        };
+        worker.addEventListener("message", onMessage);
+        worker.addEventListener("error", (event) => reject(new Error(`NBD worker failed: ${(event as ErrorEvent).message}`)));
+      });
+      worker.addEventListener("message", (event: MessageEvent<FromWorker>) => this.onWorkerMessage(worker, event.data));
+      this.post(worker, {
+        type: "init",
+        thread: index + 1,
+        tables: this.shared.handle(),
+        inflight: this.inflight.buffer,
+        listen,
+      });
+      this.workers.push(worker);
+      const port = await started;
+      if (port !== undefined && this.nbdAddress.kind === "tcp") this.nbdAddress = { ...this.nbdAddress, port };
+    }
+  }
+
+  private post(worker: Worker, message: ToWorker): void {
+    worker.postMessage(message);
+  }
+
+  private broadcast(message: ToWorker): void {
+    for (const worker of this.workers) this.post(worker, message);
+  }
+
+  private broadcastExports(): void {
+    const exports: ExportEntry[] = [...this.tables.values()].map(({ entryCount: _, ...entry }) => entry);
+    this.broadcast({ type: "exports", exports });
+  }
+
+  private onWorkerMessage(worker: Worker, message: FromWorker): void {
+    if (message.type === "sync") {
+      // Messages to a worker arrive in order, so it has the latest exports when it gets this.
+      this.post(worker, { type: "resume", request: message.request });
+      return;
+    }
+    if (message.type !== "fault") return;
+    this.forwardFault(message).then(
+      (errno) => this.post(worker, errno ? { type: "resume", request: message.request, errno } : { type: "resume", request: message.request }),
+      (error: Error) => {
+        this.say(`fault on disk ${message.disk} failed: ${error.message}`);
+        this.post(worker, { type: "resume", request: message.request, errno: "EIO" });
+      },
+    );
+  }
+
+  /** Sends a fault to the controller and applies its answer; returns the errno for the host, if any. */
+  private async forwardFault(fault: Extract<FromWorker, { type: "fault" }>): Promise<"EIO" | "ENOSPC" | "EPERM" | "EINVAL" | undefined> {
+    const deadline = Date.now() + FAULT_WAIT_MS;
+    for (;;) {
+      const controller = await this.controllerBefore(deadline);
+      if (!controller) return "EIO";
+      try {
+        const { request: _, type: __, ...args } = fault;
+        const answer = await controller.request("fault", args);
+        if (answer.action === "error") return answer.errno ?? "EIO";
+        if (answer.runs && answer.first !== undefined) this.applyRuns(fault.disk, answer.first, answer.runs);
+        return undefined;
+      } catch (error) {
+        // A lost connection is retried once the agent is registered again; anything else fails the I/O.
+        if (!(error instanceof ConnectionClosedError)) throw error;
+      }
+    }
+  }
+
+  private async controllerBefore(deadline: number): Promise<ControllerPeer | null> {
+    while (!this.controller || this.controller.isClosed) {
+      const left = deadline - Date.now();
+      if (left <= 0 || this.stopping) return null;
+      let timer: Timer | undefined;
+      await Promise.race([this.whenConnected(), new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
+      clearTimeout(timer);
+    }
+    return this.controller;
+  }
+
+  // ---- Controller connection ----
+
+  private async connectLoop(): Promise<void> {
+    let delay = RECONNECT_DELAY_MIN_MS;
+    while (!this.stopping) {
+      try {
+        const stream = await connect(this.options.control);
+        const peer: ControllerPeer = new Peer(stream, agentRequests, controllerRequests);
+        peer.serve((op, args) => this.serveCommand(op, args));
+        const closed = new Promise<Error>((resolve) => peer.onClosed(resolve));
+        await peer.request("hello", {
+          version: PROTOCOL_VERSION,
+          role: "agent",
+          agentId: this.options.id,
+          nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
+        });
+        this.controller = peer;
+        delay = RECONNECT_DELAY_MIN_MS;
+        for (const waiter of this.connectedWaiters.splice(0)) waiter();
+        this.say(`agent ${this.options.id}: registered with the controller`);
+        const error = await closed;
+        this.controller = null;
+        if (!this.stopping) this.say(`agent ${this.options.id}: lost the controller (${error.message}); reconnecting`);
+      } catch (error) {
+        if (error instanceof RemoteError) this.say(`agent ${this.options.id}: controller refused: ${error.message}`);
+      }
+      if (this.stopping) return;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(RECONNECT_DELAY_MAX_MS, delay * 2);
+    }
+  }
+
+  // ---- Commands from the controller (R6) ----
+
+  private async serveCommand(op: string, args: unknown): Promise<unknown> {
+    switch (op) {
+      case "add_container": {
+        const { id, path } = args as ArgsOf<AgentRequests, "add_container">;
+        this.containers.set(id, { id, path });
+        this.broadcast({ type: "containers", containers: [...this.containers.values()] });
+        return {};
+      }
+      case "new_table":
+        return this.newTable(args as ArgsOf<AgentRequests, "new_table">);
+      case "delete_table": {
+        const { disk } = args as ArgsOf<AgentRequests, "delete_table">;
+        const table = this.table(disk);
+        this.tables.delete(disk);
+        this.broadcastExports();
+        // Pages are only reused once no lookup can still be reading them, so always drain here.
+        await this.retire(table);
+        return {};
+      }
+      case "get_entry": {
+        const { disk, first, count } = args as ArgsOf<AgentRequests, "get_entry">;
+        const table = this.table(disk);
+        this.checkRange(table, first, count);
+        return { words: Array.from({ length: count }, (_, i) => this.shared.getEntry(table.slot, first + i)) };
+      }
+      case "get_status": {
+        const { disk, first, count } = args as ArgsOf<AgentRequests, "get_status">;
+        const table = this.table(disk);
+        this.checkRange(table, first, count);
+        return { states: Array.from({ length: count }, (_, i) => this.shared.getEntry(table.slot, first + i) % 16) };
+      }
+      case "set_entry": {
+        const { disk, first, runs, blocking } = args as ArgsOf<AgentRequests, "set_entry">;
+        this.applyRuns(disk, first, runs, true);
+        if (blocking) await this.inflight.drain();
+        return {};
+      }
+      case "set_entry_state": {
+        const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
+        const table = this.table(disk);
+        this.checkRange(table, first, count);
+        this.shared.updateStates(table.slot, first, count, set, clear);
+        if (blocking) await this.inflight.drain();
+        return {};
+      }
+      default:
+        throw new RequestError("EINVAL", `unknown command ${op}`);
+    }
+  }
+
+  private async newTable(args: ArgsOf<AgentRequests, "new_table">): Promise<object> {
+    const entryCount = Math.ceil(args.size / 2 ** args.segmentShift);
+    if (entryCount > 2 ** 32 || args.size === 0) throw new RequestError("EINVAL", `table for disk ${args.disk}: bad size ${args.size}`);
+    const slot = this.freeSlots.pop();
+    if (slot === undefined) throw new RequestError("ENOSPC", `no free table slot (limit ${TABLE_SLOTS_MAX})`);
+    const generation = this.shared.createTable(slot, entryCount, args.segmentShift);
+    const replaced = this.tables.get(args.disk);
+    const table: Table = {
+      disk: args.disk,
+      name: args.name,
+      slot,
+      generation,
+      sizeBytes: args.size,
+      segmentShift: args.segmentShift,
+      readOnly: args.readOnly,
+      entryCount,
+    };
+    this.tables.set(args.disk, table);
+    this.broadcastExports();
+    if (replaced) await this.retire(replaced);
+    else for (const listener of this.exportListeners) listener(args.name, nbdUri(this.nbdAddress, args.name));
+    return {};
+  }
+
+  /** Stops lookups on an old table, waits for I/O through it to end, then frees its pages. */
+  private async retire(table: Table): Promise<void> {
+    this.shared.retireTable(table.slot);
+    await this.inflight.drain();
+    this.shared.freeTable(table.slot);
+    this.freeSlots.push(table.slot);
+  }
+
+  private table(disk: number): Table {
+    const table = this.tables.get(disk);
+    if (!table) throw new RequestError("NOT_FOUND", `no table for disk ${disk}`);
+    return table;
+  }
+
+  private checkRange(table: Table, first: number, count: number): void {
+    if (first + count > table.entryCount) {
+      throw new RequestError("EINVAL", `entries ${first}..${first + count - 1} are outside the table of ${table.entryCount}`);
+    }
+  }
+
+  private applyRuns(disk: number, first: number, runs: Runs, strict = false): void {
+    const table = this.tables.get(disk);
+    if (!table) {
+      if (strict) throw new RequestError("NOT_FOUND", `no table for disk ${disk}`);
+      return; // the table went away while the fault was answered: the worker will see GONE.
+    }
+    const total = runs.reduce((sum, [, count]) => sum + count, 0);
+    this.checkRange(table, first, total);
+    let index = first;
+    for (const [word, count] of runs) {
+      assert(Number.isSafeInteger(word), "entry word must be a safe integer");
+      if (count === 1) this.shared.setEntry(table.slot, index, word);
+      else this.shared.fillEntries(table.slot, index, count, word);
+      index += count;
+    }
+  }
+}

@@ -1,0 +1,47 @@
+// Messages between the agent's main thread and its worker threads (postMessage, same process).
+import type { FaultOp } from "../engine/wire/messages.ts";
+
+/** What a worker needs to serve one export. */
+export interface ExportEntry {
+  disk: number;
+  name: string;
+  slot: number;
+  generation: number;
+  sizeBytes: number;
+  segmentShift: number;
+  readOnly: boolean;
+}
+
+export interface ContainerEntry {
+  id: number;
+  path: string;
+}
+
+export type NbdListen =
+  | { kind: "tcp"; host: string; port: number; reusePort: boolean }
+  | { kind: "unix"; path: string };
+
+export type ToWorker =
+  | { type: "init"; thread: number; tables: unknown; inflight: SharedArrayBuffer; listen: NbdListen[] }
+  | { type: "exports"; exports: ExportEntry[] }
+  | { type: "containers"; containers: ContainerEntry[] }
+  | { type: "resume"; request: number; errno?: "EIO" | "ENOSPC" | "EPERM" | "EINVAL" }
+  | { type: "stop" };
+
+export type FromWorker =
+  | { type: "listening"; tcpPort?: number }
+  | { type: "failed"; message: string }
+  | {
+      type: "fault";
+      request: number;
+      disk: number;
+      op: FaultOp;
+      first: number;
+      last: number;
+      state: number;
+      offset: number;
+      length: number;
+    }
+  /** The table was replaced or deleted under a lookup: answer once the worker has the new exports. */
+  | { type: "sync"; request: number }
+  | { type: "stopped" };

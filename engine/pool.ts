@@ -1,0 +1,106 @@
+// The storage pool: every container (LUN) with its allocator and an open file for the few data
+// operations the controller does itself (zeroing a reused segment before it is mapped).
+import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
+import { BuddyAllocator } from "./allocator.ts";
+import type { Catalog, Lun } from "./catalog.ts";
+import { entryContainer, entryOffsetBytes, hasLocation } from "../wasm/entry.ts";
+import { assert } from "./util/assert.ts";
+
+/** How far the persisted high-water mark moves at a time, so it is rarely logged. */
+export const HIGH_WATER_STEP_BYTES = 256 * 1024 * 1024;
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+
+export interface Allocation {
+  lun: number;
+  offset: number;
+  /** The block may hold old data: whatever the host does not write must be zeroed first. */
+  dirty: boolean;
+}
+
+export class Pool {
+  private readonly allocators = new Map<number, BuddyAllocator>();
+  private readonly files = new Map<number, number>();
+  private zeroChunk: Uint8Array | null = null;
+
+  constructor(private readonly catalog: Catalog) {}
+
+  /** Rebuilds every allocator from the tables: mapped segments are used, the rest is free. */
+  rebuild(): void {
+    const used = new Map<number, { offset: number; shift: number }[]>();
+    for (const lun of this.catalog.luns.values()) used.set(lun.id, []);
+    for (const disk of this.catalog.disks.values()) {
+      for (const [, word] of disk.table.nonZero()) {
+        if (!hasLocation(word)) continue;
+        const blocks = used.get(entryContainer(word));
+        assert(blocks, `disk ${disk.name} maps a segment on unknown container ${entryContainer(word)}`);
+        blocks.push({ offset: entryOffsetBytes(word), shift: disk.segmentShift });
+      }
+    }
+    this.allocators.clear();
+    for (const lun of this.catalog.luns.values()) this.addLun(lun, used.get(lun.id)!);
+  }
+
+  addLun(lun: Lun, used: { offset: number; shift: number }[] = []): void {
+    const allocator = new BuddyAllocator(lun.size);
+    allocator.rebuild(used, lun.highWater);
+    this.allocators.set(lun.id, allocator);
+  }
+
+  /** A free block of 2^shift bytes, or null when the whole pool is full. */
+  allocate(shift: number): Allocation | null {
+    for (const lun of [...this.catalog.luns.values()].sort((a, b) => this.freeBytes(b.id) - this.freeBytes(a.id))) {
+      const offset = this.allocators.get(lun.id)!.allocate(shift);
+      if (offset !== null) return { lun: lun.id, offset, dirty: offset < lun.highWater };
+    }
+    return null;
+  }
+
+  release(lun: number, offset: number, shift: number): void {
+    this.allocators.get(lun)!.release(offset, shift);
+  }
+
+  /** The high-water mark to persist so that `end` lies below it, or null if it already does. */
+  highWaterNeeded(lunId: number, end: number): number | null {
+    const lun = this.catalog.luns.get(lunId)!;
+    if (end <= lun.highWater) return null;
+    return Math.min(lun.size, Math.ceil(end / HIGH_WATER_STEP_BYTES) * HIGH_WATER_STEP_BYTES);
+  }
+
+  usedBytes(lun: number): number {
+    return this.allocators.get(lun)?.usedBytes ?? 0;
+  }
+
+  freeBytes(lun: number): number {
+    return this.allocators.get(lun)?.freeBytes ?? 0;
+  }
+
+  /** Writes zeros over [offset, offset+length) of a container (not yet durable). */
+  zero(lun: number, offset: number, length: number): void {
+    const fd = this.file(lun);
+    this.zeroChunk ??= new Uint8Array(ZERO_CHUNK_BYTES);
+    for (let done = 0; done < length; ) {
+      const piece = Math.min(ZERO_CHUNK_BYTES, length - done);
+      done += writeSync(fd, this.zeroChunk, 0, piece, offset + done);
+    }
+  }
+
+  sync(lun: number): void {
+    fdatasyncSync(this.file(lun));
+  }
+
+  close(): void {
+    for (const fd of this.files.values()) closeSync(fd);
+    this.files.clear();
+  }
+
+  private file(lunId: number): number {
+    let fd = this.files.get(lunId);
+    if (fd === undefined) {
+      const lun = this.catalog.luns.get(lunId);
+      assert(lun, `unknown container ${lunId}`);
+      fd = openSync(lun.path, "r+");
+      this.files.set(lunId, fd);
+    }
+    return fd;
+  }
+}

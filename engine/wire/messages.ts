@@ -1,0 +1,130 @@
+// Every message between controller, agents and ctl: the one place their shapes live.
+// A connection starts with "hello" from the connecting side; after that either side may send
+// requests, and every request gets exactly one response.
+import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./schema.ts";
+
+export const PROTOCOL_VERSION = 1;
+
+export const NAME_LENGTH_MAX = 128;
+/** Disk names double as NBD export names and file-system-safe identifiers. */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+export const PATH_LENGTH_MAX = 4096;
+export const RUNS_PER_MESSAGE_MAX = 65536;
+export const ENTRIES_PER_QUERY_MAX = 65536;
+export const DISKS_MAX = 4096;
+export const CONTAINERS_MAX = 4095;
+
+const name = str(NAME_LENGTH_MAX, NAME_PATTERN);
+const word = uint();
+const segment = uint(2 ** 32 - 1);
+const diskId = uint(2 ** 32 - 1);
+const count = uint(2 ** 32);
+/** Entries as runs of equal words: [word, count] covering consecutive segments. */
+const runs = array(tuple<[number, number]>(word, uint(2 ** 32)), RUNS_PER_MESSAGE_MAX);
+export type Runs = Infer<typeof runs>;
+
+export const ERRNO_NAMES = ["EIO", "ENOSPC", "EPERM", "EINVAL"] as const;
+export type Errno = (typeof ERRNO_NAMES)[number];
+
+export const helloArgs = object({
+  version: uint(),
+  role: oneOf("agent", "ctl"),
+  agentId: optional(str(NAME_LENGTH_MAX, NAME_PATTERN)),
+  nbd: optional(str(PATH_LENGTH_MAX)),
+});
+
+const diskSummary = object({
+  id: diskId,
+  name,
+  size: uint(),
+  segmentSize: uint(),
+  allocatedBytes: uint(),
+});
+export type DiskSummary = Infer<typeof diskSummary>;
+
+const lunSummary = object({
+  id: uint(),
+  path: str(PATH_LENGTH_MAX),
+  size: uint(),
+  usedBytes: uint(),
+  freeBytes: uint(),
+});
+export type LunSummary = Infer<typeof lunSummary>;
+
+const tableArgs = object({ disk: diskId, name, size: uint(), segmentShift: uint(63), readOnly: bool });
+export type TableArgs = Infer<typeof tableArgs>;
+
+const faultOp = oneOf("read", "write", "zero", "status");
+export type FaultOp = Infer<typeof faultOp>;
+
+/** Requests the controller serves: from ctl, and faults from agents. */
+export const controllerRequests = {
+  hello: { args: helloArgs, result: object({ version: uint(), controller: str(NAME_LENGTH_MAX) }) },
+  "disk.create": {
+    args: object({ name, size: uint(), segmentSize: optional(uint()) }),
+    result: diskSummary,
+  },
+  "disk.list": { args: object({}), result: array(diskSummary, DISKS_MAX) },
+  "disk.info": { args: object({ name }), result: diskSummary },
+  "disk.delete": { args: object({ name }), result: object({ freedBytes: uint() }) },
+  "lun.add": { args: object({ path: str(PATH_LENGTH_MAX), size: uint() }), result: lunSummary },
+  "lun.list": { args: object({}), result: array(lunSummary, CONTAINERS_MAX) },
+  "agent.list": {
+    args: object({}),
+    result: array(object({ id: str(NAME_LENGTH_MAX), nbd: str(PATH_LENGTH_MAX), disks: array(name, DISKS_MAX) }), 1024),
+  },
+  fault: {
+    args: object({
+      disk: diskId,
+      op: faultOp,
+      first: segment,
+      last: segment,
+      state: uint(15),
+      offset: uint(),
+      length: uint(2 ** 32),
+    }),
+    result: object({
+      action: oneOf("retry", "error"),
+      first: optional(segment),
+      runs: optional(runs),
+      errno: optional(oneOf(...ERRNO_NAMES)),
+    }),
+  },
+} satisfies Record<string, { args: Schema<unknown>; result: Schema<unknown> }>;
+
+/** Commands the controller sends to agents (R6). */
+export const agentRequests = {
+  add_container: { args: object({ id: uint(), path: str(PATH_LENGTH_MAX) }), result: object({}) },
+  new_table: { args: tableArgs, result: object({}) },
+  delete_table: { args: object({ disk: diskId, blocking: bool }), result: object({}) },
+  get_entry: {
+    args: object({ disk: diskId, first: segment, count: uint(ENTRIES_PER_QUERY_MAX) }),
+    result: object({ words: array(word, ENTRIES_PER_QUERY_MAX) }),
+  },
+  get_status: {
+    args: object({ disk: diskId, first: segment, count: uint(ENTRIES_PER_QUERY_MAX) }),
+    result: object({ states: array(uint(15), ENTRIES_PER_QUERY_MAX) }),
+  },
+  set_entry: { args: object({ disk: diskId, first: segment, runs, blocking: bool }), result: object({}) },
+  set_entry_state: {
+    args: object({ disk: diskId, first: segment, count, set: uint(15), clear: uint(15), blocking: bool }),
+    result: object({}),
+  },
+} satisfies Record<string, { args: Schema<unknown>; result: Schema<unknown> }>;
+
+export type RequestTable = Record<string, { args: Schema<unknown>; result: Schema<unknown> }>;
+export type ControllerRequests = typeof controllerRequests;
+export type AgentRequests = typeof agentRequests;
+export type ArgsOf<T extends RequestTable, K extends keyof T> = Infer<T[K]["args"]>;
+export type ResultOf<T extends RequestTable, K extends keyof T> = Infer<T[K]["result"]>;
+
+/** Every message on the wire is one of these envelopes. */
+export const envelope = object({
+  t: oneOf("req", "res"),
+  id: uint(2 ** 32),
+  op: optional(str(64)),
+  args: optional((value: unknown) => value),
+  ok: optional(bool),
+  result: optional((value: unknown) => value),
+  error: optional(object({ code: str(64), message: str(4096) })),
+});

@@ -1,0 +1,106 @@
+// Byte streams over TCP or unix sockets (Bun.listen / Bun.connect), with an output queue so a
+// partial socket write never drops bytes.
+import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
+import type { Address } from "../util/address.ts";
+
+export interface StreamHandlers {
+  data(chunk: Uint8Array): void;
+  close(error?: Error): void;
+}
+
+/** One connected socket; `write` queues what the kernel did not take and sends it on drain. */
+export class Stream {
+  private pending: Uint8Array[] = [];
+  private closed = false;
+  handlers: StreamHandlers | null = null;
+
+  constructor(private readonly socket: Socket<StreamRef>) {}
+
+  write(bytes: Uint8Array): void {
+    if (this.closed) return;
+    if (this.pending.length > 0) {
+      this.pending.push(bytes);
+      return;
+    }
+    const written = this.socket.write(bytes);
+    if (written < bytes.length) this.pending.push(bytes.subarray(Math.max(written, 0)));
+  }
+
+  /** Called by the socket's drain event: push out what is queued. */
+  drain(): void {
+    while (this.pending.length > 0) {
+      const head = this.pending[0]!;
+      const written = this.socket.write(head);
+      if (written < head.length) {
+        this.pending[0] = head.subarray(Math.max(written, 0));
+        return;
+      }
+      this.pending.shift();
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.end();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  markClosed(): void {
+    this.closed = true;
+  }
+}
+
+interface StreamRef {
+  stream?: Stream;
+}
+
+function socketHandlers(onOpen: (stream: Stream) => void) {
+  return {
+    open(socket: Socket<StreamRef>) {
+      const stream = new Stream(socket);
+      socket.data = { stream };
+      onOpen(stream);
+    },
+    data(socket: Socket<StreamRef>, chunk: Uint8Array) {
+      socket.data.stream?.handlers?.data(chunk);
+    },
+    drain(socket: Socket<StreamRef>) {
+      socket.data.stream?.drain();
+    },
+    close(socket: Socket<StreamRef>, error?: Error) {
+      const stream = socket.data?.stream;
+      if (!stream) return;
+      stream.markClosed();
+      stream.handlers?.close(error);
+    },
+    error(socket: Socket<StreamRef>, error: Error) {
+      const stream = socket.data?.stream;
+      if (!stream) return;
+      stream.markClosed();
+      stream.handlers?.close(error);
+    },
+  };
+}
+
+export type Listener = TCPSocketListener<StreamRef> | UnixSocketListener<StreamRef>;
+
+export function listen(address: Address, onConnection: (stream: Stream) => void): Listener {
+  const socket = socketHandlers(onConnection);
+  if (address.kind === "unix") return Bun.listen<StreamRef>({ unix: address.path, socket, data: {} });
+  return Bun.listen<StreamRef>({ hostname: address.host, port: address.port, socket, data: {} });
+}
+
+export async function connect(address: Address): Promise<Stream> {
+  let opened: Stream | null = null;
+  const socket = socketHandlers((stream) => {
+    opened = stream;
+  });
+  if (address.kind === "unix") await Bun.connect<StreamRef>({ unix: address.path, socket, data: {} });
+  else await Bun.connect<StreamRef>({ hostname: address.host, port: address.port, socket, data: {} });
+  if (!opened) throw new Error("connection did not open");
+  return opened;
+}
