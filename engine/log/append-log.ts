@@ -1,0 +1,417 @@
+/**
+ * A durable append-only record log with group commit and compaction.
+ *
+ * Durability model: `append` only buffers; `commit` resolves once everything appended before it is
+ * written and fdatasync'ed. One write+fdatasync is in flight at a time; appends made meanwhile queue
+ * up and the next flush covers all of them with one write and one fdatasync.
+ *
+ * Sequence numbers are assigned when a record is flushed, in append order, continuing across
+ * compactions (the first record of a file sets its base).
+ *
+ * Compaction: `compact(records)` encodes the snapshot synchronously, first commits every append made
+ * before the call into the current file, then writes `<path>.compact`, fdatasyncs it, renames it
+ * over `<path>` and fsyncs the directory. Appends made while it runs are held (not lost) and
+ * written after the snapshot in the new file; their commits resolve after that. The snapshot is the
+ * caller's live state, so it must already reflect every record appended before the call.
+ *
+ * One process, one AppendLog per file: there is no cross-process lock.
+ */
+import * as fs from "node:fs";
+import { assert } from "../util/assert.ts";
+import {
+  closeQuietly,
+  errorMessage,
+  fsyncDirAsync,
+  fsyncDirSync,
+  type LogIo,
+  nodeLogIo,
+  openAsync,
+  readWholeSync,
+  renameAsync,
+  unlinkQuietly,
+  writeFully,
+} from "./log-io.ts";
+import { encodePayload, framedBytes, frameRecords } from "./record.ts";
+import { LogCorruptionError, type ScanResult, scanRecords } from "./recovery.ts";
+
+export { LogCorruptionError } from "./recovery.ts";
+export { type LogIo, nodeLogIo } from "./log-io.ts";
+export { RECORD_PAYLOAD_BYTES_MAX } from "./record.ts";
+
+export interface AppendLogOptions {
+  /** File operations for the commit path; defaults to node:fs. */
+  io?: LogIo;
+}
+
+export interface RecoveryReport {
+  /** The file did not exist and was created. */
+  created: boolean;
+  recordCount: number;
+  /** File size after recovery. */
+  validBytes: number;
+  /** Offset where a torn tail was cut off (the end of the last good record); validBytes if none. */
+  truncatedAt: number;
+  /** Bytes of torn tail dropped; 0 when the file ended cleanly. */
+  truncatedBytes: number;
+  /** Why the tail was judged torn (e.g. "record runs past end of file"), or null. */
+  truncationReason: string | null;
+  /** A `.compact` file left by a crash during compaction was deleted. */
+  removedCompactFile: boolean;
+}
+
+export interface OpenedLog {
+  log: AppendLog;
+  /** Every record in the file, in order. */
+  records: unknown[];
+  recovery: RecoveryReport;
+}
+
+/** Counters of the disk operations a log has made. */
+export interface LogStats {
+  /** Batches written by commits (each one write + one fdatasync). */
+  commitBatches: number;
+  /** fdatasync calls, compaction included. */
+  syncs: number;
+}
+
+interface CommitWaiter {
+  /** The commit is done once this many appends are durable. */
+  appendsNeeded: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+export function compactPathOf(path: string): string {
+  return `${path}.compact`;
+}
+
+export class AppendLog {
+  readonly path: string;
+  private readonly io: LogIo;
+  private fd: number;
+  /** Bytes and records in the file from completed writes. */
+  private fileBytes: number;
+  private fileRecords: number;
+  private nextSeq: number;
+  /** Encoded payloads waiting for the next flush. */
+  private pending: Uint8Array[] = [];
+  /** Encoded payloads appended during a compaction; they go to the new file. */
+  private held: Uint8Array[] = [];
+  /** Framed bytes and records appended but not yet written (pending, held and in flight). */
+  private queuedBytes = 0;
+  private queuedRecords = 0;
+  /** Appends ever made, and how many of them are durable; commits wait on these counts. */
+  private appendCount = 0;
+  private durableCount = 0;
+  private waiters: CommitWaiter[] = [];
+  private flushing: Promise<void> | null = null;
+  private flushScheduled = false;
+  private compaction: Promise<void> | null = null;
+  private failure: Error | null = null;
+  private closed = false;
+  private closing: Promise<void> | null = null;
+  private readonly counters: LogStats = { commitBatches: 0, syncs: 0 };
+
+  private constructor(path: string, fd: number, io: LogIo, scan: ScanResult) {
+    this.path = path;
+    this.fd = fd;
+    this.io = io;
+    this.fileBytes = scan.validBytes;
+    this.fileRecords = scan.records.length;
+    this.nextSeq = scan.nextSeq;
+  }
+
+  /**
+   * Opens (creating if absent) the log at `path` and recovers it; see `scanRecords` for the rules.
+   * @throws LogCorruptionError when a record in the middle of the file is damaged.
+   */
+  static open(path: string, opts: AppendLogOptions = {}): OpenedLog {
+    assert(path.length > 0, "log path must not be empty");
+    let opened: { fd: number; created: boolean };
+    try {
+      opened = openOrCreate(path);
+    } catch (err) {
+      throw new Error(`log ${path}: cannot open: ${errorMessage(err)}`, { cause: err });
+    }
+    const { fd, created } = opened;
+    try {
+      const scan = scanRecords(path, created ? new Uint8Array(0) : readWholeSync(fd));
+      const removedCompactFile = removeLeftoverCompact(path);
+      if (scan.tornTail) cutTornTail(fd, scan.validBytes);
+      const log = new AppendLog(path, fd, opts.io ?? nodeLogIo, scan);
+      const recovery: RecoveryReport = {
+        created,
+        recordCount: scan.records.length,
+        validBytes: scan.validBytes,
+        truncatedAt: scan.tornTail?.offset ?? scan.validBytes,
+        truncatedBytes: scan.tornTail?.bytesDropped ?? 0,
+        truncationReason: scan.tornTail?.reason ?? null,
+        removedCompactFile,
+      };
+      return { log, records: scan.records, recovery };
+    } catch (err) {
+      closeQuietly(fd);
+      if (err instanceof LogCorruptionError) throw err;
+      throw new Error(`log ${path}: cannot open: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+
+  /** File size including appended records not yet written. */
+  get sizeBytes(): number {
+    return this.fileBytes + this.queuedBytes;
+  }
+
+  /** Records in the file plus records appended but not yet written. */
+  get recordCount(): number {
+    return this.fileRecords + this.queuedRecords;
+  }
+
+  get stats(): Readonly<LogStats> {
+    return { ...this.counters };
+  }
+
+  /**
+   * Buffers one record; nothing is durable until a later `commit` resolves.
+   * @throws RangeError when the encoded payload is over RECORD_PAYLOAD_BYTES_MAX.
+   */
+  append(payload: object): void {
+    this.assertOpen();
+    if (this.failure) throw this.failure;
+    const bytes = encodePayload(payload, this.label);
+    (this.compaction ? this.held : this.pending).push(bytes);
+    this.queuedBytes += framedBytes(bytes.length);
+    this.queuedRecords++;
+    this.appendCount++;
+  }
+
+  /** Resolves once every record appended before this call is durable. */
+  commit(): Promise<void> {
+    this.assertOpen();
+    return this.waitDurable(this.appendCount);
+  }
+
+  /**
+   * Replaces the whole log with `records`, the caller's snapshot of live state (see the file
+   * comment for how appends before and during compaction are handled).
+   */
+  compact(records: Iterable<object>): Promise<void> {
+    this.assertOpen();
+    assert(this.compaction === null, `${this.label}: compaction already in progress`);
+    if (this.failure) return Promise.reject(this.failure);
+    // Encode now: the snapshot is taken at the call, and an oversized record fails before any work.
+    let payloads: Uint8Array[];
+    try {
+      payloads = Array.from(records, (record) => encodePayload(record, this.label));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const done = this.runCompaction(payloads).finally(() => {
+      this.compaction = null;
+      this.releaseHeld();
+    });
+    this.compaction = done;
+    return done;
+  }
+
+  /**
+   * Stops accepting appends, waits for a running compaction, commits what was appended, then
+   * closes the file. Idempotent. Rejects if appends could not be made durable; safe to call
+   * without awaiting (the rejection is then not reported as unhandled).
+   */
+  close(): Promise<void> {
+    if (!this.closing) {
+      this.closed = true;
+      this.closing = this.finishClose();
+      this.closing.catch(() => undefined);
+    }
+    return this.closing;
+  }
+
+  private get label(): string {
+    return `log ${this.path}`;
+  }
+
+  private assertOpen(): void {
+    assert(!this.closed, `${this.label} is closed`);
+  }
+
+  private waitDurable(appendsNeeded: number): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.durableCount >= appendsNeeded) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ appendsNeeded, resolve, reject });
+      this.scheduleFlush();
+    });
+  }
+
+  /**
+   * Starts a flush on a microtask, so appends and commits made in the same tick share a batch. A
+   * flush already in flight picks up new pending records itself when it finishes.
+   */
+  private scheduleFlush(): void {
+    if (this.flushing || this.flushScheduled || this.pending.length === 0 || this.failure) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => {
+      this.flushScheduled = false;
+      void this.runFlush();
+    });
+  }
+
+  private runFlush(): Promise<void> {
+    this.flushing ??= this.flushLoop().finally(() => {
+      this.flushing = null;
+      this.scheduleFlush(); // records queued after the loop's last check
+    });
+    return this.flushing;
+  }
+
+  private async flushLoop(): Promise<void> {
+    while (this.pending.length > 0 && !this.failure) {
+      const batch = this.pending;
+      this.pending = [];
+      try {
+        await this.writeBatch(batch);
+      } catch (err) {
+        this.fail(err, "commit");
+      }
+    }
+  }
+
+  /** One write and one fdatasync for every record in `batch`. */
+  private async writeBatch(batch: Uint8Array[]): Promise<void> {
+    const bytes = frameRecords(batch, this.nextSeq);
+    await writeFully(this.io, this.fd, bytes, this.fileBytes);
+    await this.sync(this.fd);
+    this.counters.commitBatches++;
+    this.nextSeq += batch.length;
+    this.fileBytes += bytes.length;
+    this.fileRecords += batch.length;
+    this.queuedBytes -= bytes.length;
+    this.queuedRecords -= batch.length;
+    this.durableCount += batch.length;
+    this.resolveWaiters();
+  }
+
+  private async sync(fd: number): Promise<void> {
+    await this.io.datasync(fd);
+    this.counters.syncs++;
+  }
+
+  private resolveWaiters(): void {
+    // Waiters are registered in increasing appendsNeeded order.
+    while (this.waiters.length > 0 && this.waiters[0]!.appendsNeeded <= this.durableCount) {
+      this.waiters.shift()!.resolve();
+    }
+  }
+
+  /** Flushes until nothing is pending or in flight. */
+  private async drain(): Promise<void> {
+    while (!this.failure && (this.pending.length > 0 || this.flushing)) await this.runFlush();
+    if (this.failure) throw this.failure;
+  }
+
+  /**
+   * A failed write or fdatasync leaves the file's contents unknown (and the kernel may have
+   * dropped the dirty pages), so the log stops: every waiting and later commit fails. Reopening
+   * recovers from what is actually on disk.
+   */
+  private fail(cause: unknown, what: string): void {
+    this.failure ??= new Error(
+      `${this.label}: ${what} failed, log unusable until reopened: ${errorMessage(cause)}`,
+      { cause },
+    );
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const waiter of waiters) waiter.reject(this.failure);
+  }
+
+  private async runCompaction(payloads: Uint8Array[]): Promise<void> {
+    await this.drain(); // appends made before the call land in the old file first
+    const firstSeq = this.nextSeq;
+    const image = frameRecords(payloads, firstSeq);
+    const fd = await this.writeCompactFile(image);
+    try {
+      await renameAsync(compactPathOf(this.path), this.path);
+      await fsyncDirAsync(this.path);
+    } catch (err) {
+      // Once the rename has been tried, which file is on disk is uncertain: stop.
+      closeQuietly(fd);
+      this.fail(err, "compaction");
+      throw this.failure;
+    }
+    closeQuietly(this.fd);
+    this.fd = fd;
+    this.fileBytes = image.length;
+    this.fileRecords = payloads.length;
+    this.nextSeq = firstSeq + payloads.length;
+  }
+
+  /** Writes and syncs the `.compact` file; on failure removes it and leaves the log as it was. */
+  private async writeCompactFile(image: Uint8Array): Promise<number> {
+    const compactPath = compactPathOf(this.path);
+    let fd: number | undefined;
+    try {
+      fd = await openAsync(compactPath, "w+");
+      await writeFully(this.io, fd, image, 0);
+      await this.sync(fd);
+      return fd;
+    } catch (err) {
+      if (fd !== undefined) closeQuietly(fd);
+      unlinkQuietly(compactPath);
+      throw new Error(`${this.label}: compaction failed, log unchanged: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+  }
+
+  /** Moves appends made during compaction into the queue for the (new) file. */
+  private releaseHeld(): void {
+    if (this.held.length === 0) return;
+    this.pending.push(...this.held);
+    this.held = [];
+    if (this.waiters.length > 0) this.scheduleFlush();
+  }
+
+  private async finishClose(): Promise<void> {
+    try {
+      if (this.compaction) await this.compaction.catch(() => undefined);
+      if (!this.failure) await this.drain();
+    } finally {
+      closeQuietly(this.fd);
+    }
+    if (this.durableCount < this.appendCount) {
+      throw new Error(`${this.label}: closed with appends that are not durable`, { cause: this.failure });
+    }
+  }
+}
+
+function openOrCreate(path: string): { fd: number; created: boolean } {
+  try {
+    return { fd: fs.openSync(path, "r+"), created: false };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
+  const fd = fs.openSync(path, "wx+");
+  try {
+    fs.fsyncSync(fd);
+    fsyncDirSync(path); // make the new directory entry durable
+  } catch (err) {
+    closeQuietly(fd);
+    throw err;
+  }
+  return { fd, created: true };
+}
+
+/** Deletes a `.compact` file left by a crash mid-compaction; the log itself is still whole. */
+function removeLeftoverCompact(path: string): boolean {
+  const compactPath = compactPathOf(path);
+  if (!fs.existsSync(compactPath)) return false;
+  fs.unlinkSync(compactPath);
+  fsyncDirSync(path);
+  return true;
+}
+
+function cutTornTail(fd: number, validBytes: number): void {
+  fs.ftruncateSync(fd, validBytes);
+  fs.fsyncSync(fd);
+}

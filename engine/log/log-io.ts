@@ -1,0 +1,97 @@
+/**
+ * File-system operations used by the log. The two calls on the commit path (write, fdatasync) go
+ * through `LogIo` so tests can count or fail them; everything is async on the commit path so the
+ * event loop keeps running while the disk works.
+ */
+import * as fs from "node:fs";
+import { dirname } from "node:path";
+
+/** The file operations on the log's hot path. Injectable for tests and instrumentation. */
+export interface LogIo {
+  /** Positional write; resolves with the number of bytes written (may be short). */
+  write(fd: number, data: Uint8Array, position: number): Promise<number>;
+  /** fdatasync(2). */
+  datasync(fd: number): Promise<void>;
+}
+
+export const nodeLogIo: LogIo = {
+  write: (fd, data, position) =>
+    new Promise((resolve, reject) => {
+      fs.write(fd, data, 0, data.length, position, (err, written) => (err ? reject(err) : resolve(written)));
+    }),
+  datasync: (fd) =>
+    new Promise((resolve, reject) => {
+      fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()));
+    }),
+};
+
+/** Writes all of `data` at `position`, retrying short writes. */
+export async function writeFully(io: LogIo, fd: number, data: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const written = await io.write(fd, data.subarray(done), position + done);
+    if (!(written > 0)) throw new Error(`write made no progress at offset ${position + done}`);
+    done += written;
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** fsync the directory holding `path`, making a create or rename in it durable. */
+export function fsyncDirSync(path: string): void {
+  const fd = fs.openSync(dirname(path), "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export async function fsyncDirAsync(path: string): Promise<void> {
+  const fd = await openAsync(dirname(path), "r");
+  try {
+    await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+  } finally {
+    closeQuietly(fd);
+  }
+}
+
+export function openAsync(path: string, flags: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+export function renameAsync(from: string, to: string): Promise<void> {
+  return new Promise((resolve, reject) => fs.rename(from, to, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Closes an fd on a path where a close error cannot change the outcome. */
+export function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // Nothing useful to do: the fd is gone either way.
+  }
+}
+
+export function unlinkQuietly(path: string): void {
+  try {
+    fs.unlinkSync(path);
+  } catch {
+    // Best effort cleanup; a leftover is removed at the next open.
+  }
+}
+
+/** Reads a whole file through an open fd. */
+export function readWholeSync(fd: number): Uint8Array {
+  const size = fs.fstatSync(fd).size;
+  const image = new Uint8Array(size);
+  let done = 0;
+  while (done < size) {
+    const read = fs.readSync(fd, image, done, size - done, done);
+    if (read === 0) throw new Error(`file shrank while reading: ${done} of ${size} bytes`);
+    done += read;
+  }
+  return image;
+}
