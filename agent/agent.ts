@@ -73,7 +73,7 @@ export class Agent {
     return this.nbdAddress;
   }
 
-  /** Calls `listener` for every export the agent starts serving, now and later. */
+  /** Calls `listener` for every export the agent starts serving from now on. */
   onExport(listener: (name: string, uri: string) => void): void {
     this.exportListeners.push(listener);
   }

@@ -136,7 +136,7 @@ export class Controller {
         role = hello.role;
         if (role === "agent") {
           if (!hello.agentId || !hello.nbd) throw new RequestError("EINVAL", "an agent must give agentId and nbd");
-          agent = this.registerAgent(hello.agentId, hello.nbd, peer);
+          agent = await this.registerAgent(hello.agentId, hello.nbd, peer);
         }
         return { version: PROTOCOL_VERSION, controller: "tabledisk" };
       }
@@ -149,21 +149,17 @@ export class Controller {
     });
   }
 
-  private registerAgent(id: string, nbd: string, peer: AgentPeer): AgentLink {
+  /** Registers an agent and loads it (containers, then a table per disk) before hello is answered. */
+  private async registerAgent(id: string, nbd: string, peer: AgentPeer): Promise<AgentLink> {
     this.agents.get(id)?.peer.close();
     const agent: AgentLink = { id, nbd, peer, disks: new Set() };
     this.agents.set(id, agent);
     peer.onClosed(() => {
       if (this.agents.get(id) === agent) this.agents.delete(id);
     });
-    // Load the new agent once hello has been answered: containers, then a table per disk.
-    queueMicrotask(() => {
-      this.catalogLock
-        .run("catalog", async () => {
-          for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
-          for (const disk of this.catalog.disks.values()) await this.sendTable(agent, disk);
-        })
-        .catch((error: Error) => this.say(`agent ${id}: setup failed: ${error.message}`));
+    await this.catalogLock.run("catalog", async () => {
+      for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
+      for (const disk of this.catalog.disks.values()) await this.sendTable(agent, disk);
     });
     this.say(`agent ${id} registered (nbd ${nbd})`);
     return agent;

@@ -59,7 +59,16 @@ export function tuple<T extends unknown[]>(...items: { [K in keyof T]: Schema<T[
   };
 }
 
-export function object<T extends Record<string, unknown>>(fields: { [K in keyof T]: Schema<T[K]> }): Schema<T> {
+type Shape = Record<string, Schema<unknown>>;
+type Simplify<T> = { [K in keyof T]: T[K] } & {};
+/** Fields whose schema admits undefined become optional properties. */
+type ObjectOf<S extends Shape> = Simplify<
+  { [K in keyof S as undefined extends Infer<S[K]> ? never : K]: Infer<S[K]> } & {
+    [K in keyof S as undefined extends Infer<S[K]> ? K : never]?: Infer<S[K]>;
+  }
+>;
+
+export function object<S extends Shape>(fields: S): Schema<ObjectOf<S>> {
   return (value, path) => {
     if (typeof value !== "object" || value === null || Array.isArray(value)) return fail(path, "an object", value);
     const record = value as Record<string, unknown>;
@@ -68,7 +77,7 @@ export function object<T extends Record<string, unknown>>(fields: { [K in keyof 
       const checked = fields[key]!(record[key], `${path}.${key}`);
       if (checked !== undefined) result[key] = checked;
     }
-    return result as T;
+    return result as ObjectOf<S>;
   };
 }
 

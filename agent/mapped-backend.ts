@@ -1,0 +1,229 @@
+// The agent's data path, behind the NBD layer: every request is resolved through the shared
+// tables (WebAssembly lookup, R3) and goes straight to the storage containers. Only when an entry's
+// state forbids the I/O does the request wait for the controller (a fault, R5); it is then retried.
+import { NbdError, type BlockExtent, type ExportHandle, type ExportInfo, type NbdBackend } from "./nbd/backend.ts";
+import { ContainerFiles } from "./storage.ts";
+import type { InflightTracker } from "./inflight.ts";
+import type { ExportEntry } from "./thread-messages.ts";
+import type { FaultOp } from "../engine/wire/messages.ts";
+import {
+  EXTENT_KIND_ZERO,
+  OP_BLOCK_STATUS,
+  OP_READ,
+  OP_WRITE,
+  OP_WRITE_ZEROES,
+  STATUS_ERROR,
+  STATUS_FAULT,
+  STATUS_GONE,
+  STATUS_OK,
+  type SharedTables,
+} from "../wasm/tables.ts";
+
+/** A request is retried at most this often after faults before the host gets EIO. */
+export const FAULT_RETRIES_MAX = 32;
+/** Long WRITE_ZEROES/TRIM requests are resolved this many segments at a time. */
+export const SEGMENTS_PER_LOOKUP_MAX = 512;
+
+type Op = typeof OP_READ | typeof OP_WRITE | typeof OP_BLOCK_STATUS | typeof OP_WRITE_ZEROES;
+function faultOpOf(op: Op): FaultOp {
+  if (op === OP_READ) return "read";
+  if (op === OP_WRITE) return "write";
+  if (op === OP_WRITE_ZEROES) return "zero";
+  return "status";
+}
+
+/** What stopped an attempt: a fault for the controller, or a table that changed under it. */
+interface Stop {
+  gone: boolean;
+  first: number;
+  last: number;
+  state: number;
+}
+
+/** How a worker asks its main thread to handle a fault; resolves when the I/O may be retried. */
+export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; length: number } & Stop) => Promise<void>;
+
+export class MappedBackend implements NbdBackend {
+  private readonly byName = new Map<string, ExportEntry>();
+  private readonly byDisk = new Map<number, ExportEntry>();
+  readonly files = new ContainerFiles();
+
+  constructor(
+    readonly tables: SharedTables,
+    readonly inflight: InflightTracker,
+    readonly sendFault: FaultSender,
+  ) {}
+
+  setExports(exports: ExportEntry[]): void {
+    this.byName.clear();
+    this.byDisk.clear();
+    for (const entry of exports) {
+      this.byName.set(entry.name, entry);
+      this.byDisk.set(entry.disk, entry);
+    }
+  }
+
+  current(disk: number): ExportEntry | undefined {
+    return this.byDisk.get(disk);
+  }
+
+  listExports(): ExportInfo[] {
+    return [...this.byName.values()].map(infoOf);
+  }
+
+  openExport(name: string): ExportHandle | null {
+    const entry = name === "" ? this.byName.values().next().value : this.byName.get(name);
+    return entry ? new MappedExport(this, entry) : null;
+  }
+}
+
+function infoOf(entry: ExportEntry): ExportInfo {
+  return { name: entry.name, sizeBytes: entry.sizeBytes, readOnly: entry.readOnly };
+}
+
+const STOPPED = Symbol("stopped");
+
+class MappedExport implements ExportHandle {
+  readonly info: ExportInfo;
+  private readonly disk: number;
+  private stop: Stop = { gone: false, first: 0, last: 0, state: 0 };
+
+  constructor(
+    private readonly backend: MappedBackend,
+    entry: ExportEntry,
+  ) {
+    this.info = infoOf(entry);
+    this.disk = entry.disk;
+  }
+
+  read(offset: number, into: Uint8Array): Uint32Array | undefined | Promise<Uint32Array | undefined> {
+    return this.run(OP_READ, offset, into.length, () => {
+      const { tables, files } = this.backend;
+      let holes: number[] | null = null;
+      let at = 0;
+      for (let i = 0, n = tables.extentCount; i < n; i += 1) {
+        const length = tables.extentLength(i);
+        if (tables.extentKind(i) === EXTENT_KIND_ZERO) {
+          into.fill(0, at, at + length);
+          (holes ??= []).push(at, length);
+        } else {
+          files.read(tables.extentContainer(i), into, at, length, tables.extentOffset(i));
+        }
+        at += length;
+      }
+      return holes ? Uint32Array.from(holes) : undefined;
+    });
+  }
+
+  write(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
+    return this.run(OP_WRITE, offset, data.length, () => {
+      const { tables, files } = this.backend;
+      let at = 0;
+      for (let i = 0, n = tables.extentCount; i < n; i += 1) {
+        const length = tables.extentLength(i);
+        files.write(tables.extentContainer(i), data, at, length, tables.extentOffset(i));
+        if (fua) files.sync(tables.extentContainer(i));
+        at += length;
+      }
+    });
+  }
+
+  writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): void | Promise<void> {
+    // Z segments already read as zeros; with NO_HOLE the range must be allocated, so it is
+    // resolved like a write and Z segments fault to get storage.
+    const op = noHole ? OP_WRITE : OP_WRITE_ZEROES;
+    return this.inPieces(offset, length, (pieceOffset, pieceLength) =>
+      this.run(op, pieceOffset, pieceLength, () => {
+        const { tables, files } = this.backend;
+        for (let i = 0, n = tables.extentCount; i < n; i += 1) {
+          if (tables.extentKind(i) === EXTENT_KIND_ZERO) continue;
+          files.writeZeroes(tables.extentContainer(i), tables.extentOffset(i), tables.extentLength(i));
+          if (fua) files.sync(tables.extentContainer(i));
+        }
+      }),
+    );
+  }
+
+  trim(): void {
+    // TRIM is advisory (the protocol lets it be a no-op); unmapping whole segments needs the
+    // controller's reference counts and comes with snapshots.
+    this.entry();
+  }
+
+  flush(): void {
+    this.backend.files.syncAll();
+  }
+
+  blockStatus(offset: number, length: number): BlockExtent[] | Promise<BlockExtent[]> {
+    return this.run(OP_BLOCK_STATUS, offset, length, () => {
+      const { tables } = this.backend;
+      const extents: BlockExtent[] = [];
+      for (let i = 0, n = tables.extentCount; i < n; i += 1) {
+        const zero = tables.extentKind(i) === EXTENT_KIND_ZERO;
+        const last = extents[extents.length - 1];
+        if (last && last.zero === zero) last.length += tables.extentLength(i);
+        else extents.push({ length: tables.extentLength(i), hole: zero, zero });
+      }
+      return extents;
+    });
+  }
+
+  close(): void {}
+
+  private entry(): ExportEntry {
+    const entry = this.backend.current(this.disk);
+    if (!entry) throw new NbdError("EIO", `disk ${this.info.name} is no longer exported`);
+    return entry;
+  }
+
+  /** Splits a long request at segment boundaries so each lookup stays within its extent limit. */
+  private inPieces(offset: number, length: number, piece: (offset: number, length: number) => void | Promise<void>): void | Promise<void> {
+    const segmentBytes = 2 ** this.entry().segmentShift;
+    const step = segmentBytes * SEGMENTS_PER_LOOKUP_MAX;
+    const end = offset + length;
+    let at = offset;
+    while (at < end) {
+      const next = Math.min(end, (Math.floor(at / step) + 1) * step);
+      const result = piece(at, next - at);
+      at = next;
+      if (result instanceof Promise) return result.then(() => (at < end ? this.inPieces(at, end - at, piece) : undefined));
+    }
+  }
+
+  /** Resolves and performs one request, synchronously unless it faults. */
+  private run<T>(op: Op, offset: number, length: number, perform: () => T): T | Promise<T> {
+    const result = this.attempt(op, offset, length, perform);
+    return result === STOPPED ? this.retry(op, offset, length, perform) : result;
+  }
+
+  private attempt<T>(op: Op, offset: number, length: number, perform: () => T): T | typeof STOPPED {
+    const entry = this.entry();
+    const { tables, inflight } = this.backend;
+    const token = inflight.begin();
+    try {
+      const status = tables.resolve(entry.slot, entry.generation, offset, length, op);
+      if (status === STATUS_OK) return perform();
+      if (status === STATUS_FAULT) {
+        this.stop = { gone: false, first: tables.faultFirst, last: tables.faultLast, state: tables.faultState };
+        return STOPPED;
+      }
+      if (status === STATUS_GONE) {
+        this.stop = { gone: true, first: 0, last: 0, state: 0 };
+        return STOPPED;
+      }
+      if (status === STATUS_ERROR) throw new NbdError("EIO", `disk ${this.info.name}: segment ${tables.faultFirst} is in the error state`);
+      throw new NbdError("EIO", `disk ${this.info.name}: lookup failed with status ${status}`);
+    } finally {
+      inflight.end(token);
+    }
+  }
+
+  private async retry<T>(op: Op, offset: number, length: number, perform: () => T): Promise<T> {
+    for (let attempt = 0; attempt < FAULT_RETRIES_MAX; attempt += 1) {
+      await this.backend.sendFault({ disk: this.disk, op: faultOpOf(op), offset, length, ...this.stop });
+      const result = this.attempt(op, offset, length, perform);
+      if (result !== STOPPED) return result;
+    }
+    throw new NbdError("EIO", `disk ${this.info.name}: request still faults after ${FAULT_RETRIES_MAX} retries`);
+  }
+}

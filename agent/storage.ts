@@ -1,0 +1,87 @@
+// The agent's direct path to storage containers: each thread opens the container files itself and
+// does positioned reads and writes on them (pread/pwrite), with no controller in the way.
+import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
+import { NbdError } from "./nbd/backend.ts";
+import type { ContainerEntry } from "./thread-messages.ts";
+
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+
+export class ContainerFiles {
+  private readonly paths = new Map<number, string>();
+  private readonly fds = new Map<number, number>();
+  private zeroChunk: Uint8Array | null = null;
+
+  update(containers: ContainerEntry[]): void {
+    for (const { id, path } of containers) {
+      if (this.paths.get(id) === path) continue;
+      this.paths.set(id, path);
+      const fd = this.fds.get(id);
+      if (fd !== undefined) closeSync(fd);
+      this.fds.delete(id);
+    }
+  }
+
+  read(container: number, into: Uint8Array, at: number, length: number, position: number): void {
+    const fd = this.fd(container);
+    let done = 0;
+    while (done < length) {
+      const got = this.io(container, () => readSync(fd, into, at + done, length - done, position + done));
+      if (got === 0) {
+        // Past the end of a container file reads as zeros (it may be sparse and shorter).
+        into.fill(0, at + done, at + length);
+        return;
+      }
+      done += got;
+    }
+  }
+
+  write(container: number, data: Uint8Array, at: number, length: number, position: number): void {
+    const fd = this.fd(container);
+    let done = 0;
+    while (done < length) done += this.io(container, () => writeSync(fd, data, at + done, length - done, position + done));
+  }
+
+  writeZeroes(container: number, position: number, length: number): void {
+    this.zeroChunk ??= new Uint8Array(ZERO_CHUNK_BYTES);
+    for (let done = 0; done < length; ) {
+      const piece = Math.min(ZERO_CHUNK_BYTES, length - done);
+      this.write(container, this.zeroChunk, 0, piece, position + done);
+      done += piece;
+    }
+  }
+
+  sync(container: number): void {
+    const fd = this.fd(container);
+    this.io(container, () => fdatasyncSync(fd));
+  }
+
+  /** Makes every write this thread has done durable (FLUSH). Writes by other threads to the same
+   *  files are covered too: fdatasync works on the file, not on the descriptor. */
+  syncAll(): void {
+    for (const id of this.paths.keys()) this.sync(id);
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+  }
+
+  private fd(container: number): number {
+    let fd = this.fds.get(container);
+    if (fd === undefined) {
+      const path = this.paths.get(container);
+      if (path === undefined) throw new NbdError("EIO", `storage container ${container} is unknown to this agent`);
+      fd = this.io(container, () => openSync(path, "r+"));
+      this.fds.set(container, fd);
+    }
+    return fd;
+  }
+
+  private io<T>(container: number, operation: () => T): T {
+    try {
+      return operation();
+    } catch (error) {
+      throw new NbdError("EIO", `storage container ${container}: ${(error as Error).message}`);
+    }
+  }
+}

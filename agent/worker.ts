@@ -1,0 +1,73 @@
+// One NBD worker thread of the agent: it serves connections through the shared tables and asks
+// the main thread only when a request faults.
+import { SharedTables, type TablesHandle } from "../wasm/tables.ts";
+import { InflightTracker } from "./inflight.ts";
+import { MappedBackend } from "./mapped-backend.ts";
+import { NbdError } from "./nbd/backend.ts";
+import { startNbdServer, type NbdServer } from "./nbd/server.ts";
+import type { FromWorker, ToWorker } from "./thread-messages.ts";
+
+declare const self: Worker;
+
+let backend: MappedBackend | null = null;
+const servers: NbdServer[] = [];
+const waiting = new Map<number, { resolve(): void; reject(error: Error): void }>();
+let nextRequest = 1;
+
+function post(message: FromWorker): void {
+  self.postMessage(message);
+}
+
+/** Sends a message to the main thread and waits for its "resume" answer. */
+function ask(message: Extract<FromWorker, { request: number }>): Promise<void> {
+  return new Promise((resolve, reject) => {
+    waiting.set(message.request, { resolve, reject });
+    post(message);
+  });
+}
+
+async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void> {
+  const tables = SharedTables.attach(message.tables as TablesHandle, message.thread);
+  const inflight = InflightTracker.attach(message.inflight, message.thread);
+  backend = new MappedBackend(tables, inflight, (fault) => {
+    const request = nextRequest++;
+    if (fault.gone) return ask({ type: "sync", request });
+    const { gone: _, ...rest } = fault;
+    return ask({ type: "fault", request, ...rest });
+  });
+  let tcpPort: number | undefined;
+  for (const listen of message.listen) {
+    const server = await startNbdServer({ backend, listen });
+    servers.push(server);
+    if (listen.kind === "tcp") tcpPort = server.port;
+  }
+  post({ type: "listening", tcpPort });
+}
+
+self.onmessage = (event: MessageEvent<ToWorker>) => {
+  const message = event.data;
+  switch (message.type) {
+    case "init":
+      init(message).catch((error: Error) => post({ type: "failed", message: error.message }));
+      return;
+    case "exports":
+      backend?.setExports(message.exports);
+      return;
+    case "containers":
+      backend?.files.update(message.containers);
+      return;
+    case "resume": {
+      const waiter = waiting.get(message.request);
+      waiting.delete(message.request);
+      if (message.errno) waiter?.reject(new NbdError(message.errno, `the controller answered ${message.errno}`));
+      else waiter?.resolve();
+      return;
+    }
+    case "stop":
+      Promise.all(servers.map((server) => server.close())).finally(() => {
+        backend?.files.close();
+        post({ type: "stopped" });
+      });
+      return;
+  }
+};

@@ -1,0 +1,171 @@
+#!/usr/bin/env bun
+// ctl: the one command line for the whole system (R18).
+import { Command, InvalidArgumentError } from "commander";
+import { ControllerClient } from "./client.ts";
+import { table } from "./format.ts";
+import { runAgent, runController, runUp } from "./serve.ts";
+import { DEFAULT_CONTROL_ADDRESS, DEFAULT_NBD_ADDRESS, parseAddress } from "../engine/util/address.ts";
+import { formatSize, parseSize } from "../engine/util/size.ts";
+import { RemoteError } from "../engine/wire/peer.ts";
+
+function sizeOption(text: string): number {
+  try {
+    return parseSize(text);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+function addressOption(text: string): string {
+  try {
+    parseAddress(text);
+    return text;
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+function countOption(text: string): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < 1) throw new InvalidArgumentError(`"${text}" is not a positive whole number`);
+  return value;
+}
+
+const program = new Command("ctl")
+  .description("Drive a table-driven virtual block storage system: controller, agents, disks and storage")
+  .option("--control <addr>", "controller address, HOST:PORT or unix:PATH (env CTL_CONTROL)", addressOption)
+  .showHelpAfterError()
+  .configureOutput({ outputError: (text, write) => write(text.startsWith("error:") ? `ctl: ${text}` : text) });
+
+function controlAddress(): string {
+  return program.opts<{ control?: string }>().control ?? process.env.CTL_CONTROL ?? DEFAULT_CONTROL_ADDRESS;
+}
+
+/** Runs one request against the controller and closes the connection. */
+async function withController<T>(work: (client: ControllerClient) => Promise<T>): Promise<T> {
+  const client = await ControllerClient.open(controlAddress());
+  try {
+    return await work(client);
+  } finally {
+    client.close();
+  }
+}
+
+function print(json: boolean, value: unknown, human: () => string): void {
+  console.log(json ? JSON.stringify(value, null, 2) : human());
+}
+
+program
+  .command("up")
+  .description("run a controller and one agent in the foreground; every disk is exported under its name")
+  .requiredOption("--data <dir>", "data directory (created with a default storage container when absent)")
+  .option("--nbd <addr>", "NBD address, HOST:PORT or unix:PATH", addressOption, DEFAULT_NBD_ADDRESS)
+  .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
+  .option("--workers <n>", "NBD worker threads", countOption)
+  .action(async (options: { data: string; nbd: string; lunSize?: number; workers?: number }) => {
+    await runUp({ ...options, control: controlAddress() });
+  });
+
+program
+  .command("controller")
+  .description("run the controller alone in the foreground")
+  .requiredOption("--data <dir>", "data directory")
+  .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
+  .action(async (options: { data: string; lunSize?: number }) => {
+    await runController({ ...options, control: controlAddress() });
+  });
+
+program
+  .command("agent")
+  .description("run a mapping agent in the foreground")
+  .requiredOption("--id <id>", "agent id, unique among the controller's agents")
+  .option("--nbd <addr>", "NBD address, HOST:PORT or unix:PATH", addressOption, DEFAULT_NBD_ADDRESS)
+  .option("--workers <n>", "NBD worker threads", countOption)
+  .action(async (options: { id: string; nbd: string; workers?: number }) => {
+    await runAgent({ ...options, control: controlAddress() });
+  });
+
+const disk = program.command("disk").description("virtual disks");
+
+disk
+  .command("create <name>")
+  .description("create a thin disk: all zero, no storage used until written")
+  .requiredOption("--size <size>", "virtual size (bytes or K/M/G/T/P, binary)", sizeOption)
+  .option("--segment-size <size>", "segment size, a power of two from 64K to 1G (default 1M)", sizeOption)
+  .option("--json", "print JSON")
+  .action(async (name: string, options: { size: number; segmentSize?: number; json?: boolean }) => {
+    const created = await withController((client) => client.request("disk.create", { name, size: options.size, segmentSize: options.segmentSize }));
+    print(!!options.json, created, () => `created disk ${created.name}: ${formatSize(created.size)}, segments of ${formatSize(created.segmentSize)}`);
+  });
+
+disk
+  .command("list")
+  .description("list disks")
+  .option("--json", "print JSON")
+  .action(async (options: { json?: boolean }) => {
+    const disks = await withController((client) => client.request("disk.list", {}));
+    print(!!options.json, disks, () =>
+      table(
+        ["NAME", "SIZE", "SEGMENT", "ALLOCATED"],
+        disks.map((d) => [d.name, formatSize(d.size), formatSize(d.segmentSize), formatSize(d.allocatedBytes)]),
+      ),
+    );
+  });
+
+disk
+  .command("info <name>")
+  .description("show one disk")
+  .option("--json", "print JSON")
+  .action(async (name: string, options: { json?: boolean }) => {
+    const info = await withController((client) => client.request("disk.info", { name }));
+    print(!!options.json, info, () =>
+      [
+        `name:       ${info.name}`,
+        `size:       ${formatSize(info.size)} (${info.size} bytes)`,
+        `segment:    ${formatSize(info.segmentSize)}`,
+        `allocated:  ${formatSize(info.allocatedBytes)}`,
+      ].join("\n"),
+    );
+  });
+
+disk
+  .command("delete <name>")
+  .description("delete a disk and free its storage")
+  .action(async (name: string) => {
+    const result = await withController((client) => client.request("disk.delete", { name }));
+    console.log(`deleted disk ${name}; freed ${formatSize(result.freedBytes)}`);
+  });
+
+const lun = program.command("lun").description("storage containers (LUNs) of the pool");
+
+lun
+  .command("add <path>")
+  .description("add a storage container (a file, created sparse if absent, or a block device)")
+  .requiredOption("--size <size>", "usable size", sizeOption)
+  .option("--json", "print JSON")
+  .action(async (path: string, options: { size: number; json?: boolean }) => {
+    const added = await withController((client) => client.request("lun.add", { path, size: options.size }));
+    print(!!options.json, added, () => `added container ${added.id}: ${added.path}, ${formatSize(added.size)}`);
+  });
+
+lun
+  .command("list")
+  .description("list storage containers")
+  .option("--json", "print JSON")
+  .action(async (options: { json?: boolean }) => {
+    const luns = await withController((client) => client.request("lun.list", {}));
+    print(!!options.json, luns, () =>
+      table(
+        ["ID", "PATH", "SIZE", "USED", "FREE"],
+        luns.map((l) => [String(l.id), l.path, formatSize(l.size), formatSize(l.usedBytes), formatSize(l.freeBytes)]),
+      ),
+    );
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  const message = error instanceof RemoteError || error instanceof Error ? error.message : String(error);
+  process.stderr.write(`ctl: error: ${message}\n`);
+  process.exit(1);
+}

@@ -1,0 +1,54 @@
+// The long-running commands: `ctl up`, `ctl controller`, `ctl agent`. Each runs in the foreground
+// until SIGINT or SIGTERM, then stops its parts in order and exits.
+import { Agent } from "../agent/agent.ts";
+import { Controller } from "../engine/controller.ts";
+import { formatAddress, nbdUri, parseAddress } from "../engine/util/address.ts";
+
+interface Stoppable {
+  stop(): Promise<void>;
+}
+
+/** Resolves on the first SIGINT/SIGTERM, after stopping `parts` (last started, first stopped). */
+function runUntilSignal(parts: Stoppable[]): Promise<void> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const stop = () => {
+      if (stopping) return;
+      stopping = true;
+      (async () => {
+        for (const part of [...parts].reverse()) await part.stop().catch((error: Error) => console.error(`ctl: ${error.message}`));
+        resolve();
+      })();
+    };
+    process.on("SIGINT", stop);
+    process.on("SIGTERM", stop);
+  });
+}
+
+export async function runUp(options: { data: string; nbd: string; control: string; lunSize?: number; workers?: number }): Promise<void> {
+  const controller = await Controller.start({ dataDir: options.data, control: parseAddress(options.control), defaultLunBytes: options.lunSize });
+  const agent = await Agent.start({
+    id: "local",
+    control: controller.address,
+    nbd: parseAddress(options.nbd),
+    workers: options.workers,
+  });
+  // Registration loads every table, so once connected the agent knows all current exports.
+  await agent.whenConnected();
+  for (const name of agent.exportNames()) console.log(nbdUri(agent.address, name));
+  agent.onExport((_, uri) => console.log(uri));
+  console.error(`ready: controller ${formatAddress(controller.address)}, NBD ${formatAddress(agent.address)}`);
+  await runUntilSignal([controller, agent]);
+}
+
+export async function runController(options: { data: string; control: string; lunSize?: number }): Promise<void> {
+  const controller = await Controller.start({ dataDir: options.data, control: parseAddress(options.control), defaultLunBytes: options.lunSize });
+  console.error(`ready: controller ${options.control}`);
+  await runUntilSignal([controller]);
+}
+
+export async function runAgent(options: { id: string; nbd: string; control: string; workers?: number }): Promise<void> {
+  const agent = await Agent.start({ id: options.id, control: parseAddress(options.control), nbd: parseAddress(options.nbd), workers: options.workers });
+  console.error(`ready: agent ${options.id}, NBD ${options.nbd}`);
+  await runUntilSignal([agent]);
+}

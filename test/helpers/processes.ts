@@ -1,0 +1,119 @@
+// Real child processes for integration tests: spawned, watched line by line, always reaped.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const REPO = resolve(import.meta.dir, "../..");
+export const CTL = join(REPO, "ctl/main.ts");
+const LINE_WAIT_MS = 30_000;
+
+const living = new Set<Child>();
+
+/** A running child whose stdout and stderr lines are collected as they arrive. */
+export class Child {
+  readonly lines: string[] = [];
+  private readonly watchers: { pattern: RegExp; resolve(line: string): void }[] = [];
+  readonly exited: Promise<number>;
+
+  constructor(readonly proc: ReturnType<typeof Bun.spawn>, readonly label: string) {
+    living.add(this);
+    const pump = async (stream: ReadableStream<Uint8Array> | null | undefined) => {
+      if (!stream) return;
+      const decoder = new TextDecoder();
+      let partial = "";
+      for await (const chunk of stream) {
+        partial += decoder.decode(chunk, { stream: true });
+        const parts = partial.split("\n");
+        partial = parts.pop()!;
+        for (const line of parts) this.onLine(line);
+      }
+      if (partial) this.onLine(partial);
+    };
+    const pumps = Promise.all([pump(proc.stdout as ReadableStream<Uint8Array>), pump(proc.stderr as ReadableStream<Uint8Array>)]);
+    this.exited = pumps.then(() => proc.exited).finally(() => living.delete(this));
+  }
+
+  private onLine(line: string): void {
+    if (process.env.TEST_VERBOSE) console.error(`[${this.label}] ${line}`);
+    this.lines.push(line);
+    for (const watcher of [...this.watchers]) {
+      if (watcher.pattern.test(line)) {
+        this.watchers.splice(this.watchers.indexOf(watcher), 1);
+        watcher.resolve(line);
+      }
+    }
+  }
+
+  /** The first line (already seen or still to come) matching `pattern`; fails after a bound. */
+  waitForLine(pattern: RegExp, timeoutMs = LINE_WAIT_MS, after = 0): Promise<string> {
+    const seen = this.lines.slice(after).find((line) => pattern.test(line));
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolvePromise, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`${this.label}: no line matching ${pattern} within ${timeoutMs} ms; output:\n${this.lines.join("\n")}`));
+      }, timeoutMs);
+      const watcher = {
+        pattern,
+        resolve: (line: string) => {
+          clearTimeout(timer);
+          resolvePromise(line);
+        },
+      };
+      this.watchers.push(watcher);
+      this.exited.then(() => {
+        if (!this.watchers.includes(watcher)) return;
+        clearTimeout(timer);
+        reject(new Error(`${this.label} exited before printing ${pattern}; output:\n${this.lines.join("\n")}`));
+      });
+    });
+  }
+
+  async kill(signal: NodeJS.Signals | number = "SIGTERM"): Promise<number> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill(signal);
+    return this.exited;
+  }
+}
+
+export function spawn(command: string[], label: string, env: Record<string, string> = {}): Child {
+  const proc = Bun.spawn(command, {
+    cwd: REPO,
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+    env: { ...process.env, ...env },
+  });
+  return new Child(proc, label);
+}
+
+export function spawnCtl(args: string[], label = "ctl"): Child {
+  return spawn([process.execPath, CTL, ...args], label);
+}
+
+/** Runs ctl to completion. */
+export async function ctl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const proc = Bun.spawn([process.execPath, CTL, ...args], { cwd: REPO, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  return { code, stdout, stderr };
+}
+
+/** Runs any command to completion and returns its output. */
+export async function run(command: string[], options: { stdin?: Uint8Array } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const proc = Bun.spawn(command, {
+    cwd: REPO,
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: options.stdin ? new Blob([options.stdin]) : "ignore",
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  return { code, stdout, stderr };
+}
+
+export function tempDir(prefix: string): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), `${prefix}-`));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Kills every child still alive (for afterAll): nothing outlives the test file. */
+export async function reapAll(): Promise<void> {
+  await Promise.all([...living].map((child) => child.kill("SIGKILL")));
+}
