@@ -16,7 +16,7 @@ import {
   type Runs,
 } from "../engine/wire/messages.ts";
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../engine/wire/peer.ts";
-import { connect } from "../engine/wire/transport.ts";
+import { connect, removeStaleSocket } from "../engine/wire/transport.ts";
 
 export const TABLE_SLOTS_MAX = 1024;
 export const WORKERS_MAX = 16;
@@ -110,6 +110,7 @@ export class Agent {
 
   private async startWorkers(count: number): Promise<void> {
     const nbd = this.options.nbd;
+    if (nbd.kind === "unix") await removeStaleSocket(nbd.path);
     for (let index = 0; index < count; index += 1) {
       const listen: NbdListen[] = [];
       if (nbd.kind === "unix") {

@@ -20,7 +20,7 @@ import {
   type LunSummary,
 } from "./wire/messages.ts";
 import { Peer, RequestError } from "./wire/peer.ts";
-import { listen, type Listener } from "./wire/transport.ts";
+import { listen, removeStaleSocket, type Listener } from "./wire/transport.ts";
 import {
   CONTAINER_BYTES_MAX,
   ZERO_WORD,
@@ -93,7 +93,7 @@ export class Controller {
     this.listener?.stop(true);
     for (const agent of this.agents.values()) agent.peer.close();
     await this.compacting;
-    this.log?.close();
+    await this.log?.close();
     this.pool.close();
   }
 
@@ -119,6 +119,7 @@ export class Controller {
     if (this.catalog.luns.size === 0) {
       await this.addLun(join(dataDir, DEFAULT_LUN_FILE), this.options.defaultLunBytes ?? DEFAULT_LUN_BYTES);
     }
+    if (this.options.control.kind === "unix") await removeStaleSocket(this.options.control.path);
     this.listener = listen(this.options.control, (stream) => this.accept(new Peer(stream, controllerRequests, agentRequests)));
     this.say(`controller listening on ${formatAddress(this.address)}`);
   }
@@ -129,18 +130,18 @@ export class Controller {
     peer.serve(async (op, args) => {
       if (op === "hello") {
         const hello = args as ArgsOf<ControllerRequests, "hello">;
-        if (role) throw new RequestError("EPROTO", "hello sent twice");
+        if (role) throw new RequestError("EPROTO", "hello sent twice", true);
         if (hello.version !== PROTOCOL_VERSION) {
-          throw new RequestError("EVERSION", `protocol version ${hello.version} is not supported (this controller speaks ${PROTOCOL_VERSION})`);
+          throw new RequestError("EVERSION", `protocol version ${hello.version} is not supported (this controller speaks ${PROTOCOL_VERSION})`, true);
         }
         role = hello.role;
         if (role === "agent") {
-          if (!hello.agentId || !hello.nbd) throw new RequestError("EINVAL", "an agent must give agentId and nbd");
+          if (!hello.agentId || !hello.nbd) throw new RequestError("EINVAL", "an agent must give agentId and nbd", true);
           agent = await this.registerAgent(hello.agentId, hello.nbd, peer);
         }
         return { version: PROTOCOL_VERSION, controller: "tabledisk" };
       }
-      if (!role) throw new RequestError("EPROTO", `${op} before hello`);
+      if (!role) throw new RequestError("EPROTO", `${op} before hello`, true);
       if (op === "fault") {
         if (!agent) throw new RequestError("EPROTO", "only agents send faults");
         return this.fault(agent, args as ArgsOf<ControllerRequests, "fault">);

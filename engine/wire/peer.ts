@@ -18,12 +18,14 @@ export class RemoteError extends Error {
   }
 }
 
-/** Thrown by request handlers to answer with a specific error code. */
+/** Thrown by request handlers to answer with a specific error code (and, for a peer that broke
+ *  the protocol, to close the connection after the answer). */
 export class RequestError extends Error {
   override name = "RequestError";
   constructor(
     readonly code: string,
     message: string,
+    readonly closeConnection = false,
   ) {
     super(message);
   }
@@ -149,6 +151,7 @@ export class Peer<In extends RequestTable, Out extends RequestTable> {
         const code = error instanceof RequestError ? error.code : error instanceof RemoteError ? error.code : "EINTERNAL";
         if (code === "EINTERNAL" && !(error instanceof ConnectionClosedError)) console.error(`error serving ${op}:`, error);
         this.respond({ t: "res", id, ok: false, error: { code, message: String(error.message).slice(0, 4000) } });
+        if (error instanceof RequestError && error.closeConnection) this.close(new WireError(error.message));
       },
     );
   }

@@ -1,6 +1,7 @@
 // Byte streams over TCP or unix sockets (Bun.listen / Bun.connect), with an output queue so a
 // partial socket write never drops bytes.
 import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
+import { existsSync, unlinkSync } from "node:fs";
 import type { Address } from "../util/address.ts";
 
 export interface StreamHandlers {
@@ -103,4 +104,19 @@ export async function connect(address: Address): Promise<Stream> {
   else await Bun.connect<StreamRef>({ hostname: address.host, port: address.port, socket, data: {} });
   if (!opened) throw new Error("connection did not open");
   return opened;
+}
+
+/**
+ * Removes a unix socket file left behind by a process that died without cleaning up, so a restart
+ * can bind the path again. A socket someone still listens on is left alone (binding then fails
+ * with "address in use", as it should).
+ */
+export async function removeStaleSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  try {
+    const probe = await Bun.connect({ unix: path, socket: { data() {} } });
+    probe.end();
+  } catch {
+    unlinkSync(path);
+  }
 }
