@@ -138,7 +138,15 @@ export class Peer<In extends RequestTable, Out extends RequestTable> {
     const spec = Object.hasOwn(this.incoming, op) ? this.incoming[op] : undefined;
     if (!spec) throw new WireError(`message.op: unknown request "${op.slice(0, 64)}"`);
     if (this.pending.size > REQUESTS_IN_FLIGHT_MAX) throw new WireError("too many requests in flight");
-    const args = spec.args(message.args ?? {}, `${op}.args`);
+    let args: unknown;
+    try {
+      args = spec.args(message.args ?? {}, op);
+    } catch (error) {
+      // A well-framed request with bad arguments is refused; the connection stays usable.
+      if (!(error instanceof WireError)) throw error;
+      this.respond({ t: "res", id: message.id, ok: false, error: { code: "EINVAL", message: error.message } });
+      return;
+    }
     this.handle(message.id, op, args);
   }
 

@@ -1,0 +1,81 @@
+// R18: ctl gives one clear line on stderr and a non-zero exit for any bad input.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { ctl, reapAll, tempDir } from "./helpers/processes.ts";
+import { startUp, type UpSystem } from "./helpers/system.ts";
+
+const dir = tempDir("ctl-cli");
+let system: UpSystem;
+
+beforeAll(async () => {
+  system = await startUp({ dir: dir.path, lunSize: "1G" });
+  await system.createDisk("exists", "1M");
+});
+
+afterAll(async () => {
+  await system?.stop();
+  await reapAll();
+  dir.remove();
+});
+
+function expectOneLineError(result: { code: number; stdout: string; stderr: string }, pattern: RegExp): void {
+  expect(result.code).not.toBe(0);
+  const lines = result.stderr.trim().split("\n");
+  expect(lines[0]).toMatch(/^ctl: error: /);
+  expect(lines[0]).toMatch(pattern);
+  expect(result.stdout).toBe("");
+}
+
+describe("ctl errors", () => {
+  const cases: [string, string[], RegExp][] = [
+    ["a size that is not a size", ["disk", "create", "x", "--size", "lots"], /Invalid size "lots"/],
+    ["a size that is not a whole number of sectors", ["disk", "create", "x", "--size", "1000"], /multiple of 512/],
+    ["a segment size that is not a power of two", ["disk", "create", "x", "--size", "1G", "--segment-size", "96K"], /power of two/],
+    ["a segment size below 64 KiB", ["disk", "create", "x", "--size", "1G", "--segment-size", "4K"], /power of two from 64 KiB/],
+    ["a name that cannot be an export name", ["disk", "create", "a/b", "--size", "1G"], /name/],
+    ["a duplicate disk name", ["disk", "create", "exists", "--size", "1G"], /exists/],
+    ["an unknown disk", ["disk", "info", "missing"], /no disk named "missing"/],
+    ["deleting an unknown disk", ["disk", "delete", "missing"], /no disk named "missing"/],
+    ["a LUN size that is not 64 KiB aligned", ["lun", "add", "/tmp/never-made.img", "--size", "1000"], /multiple of 64 KiB/],
+  ];
+  for (const [what, args, pattern] of cases) {
+    test(`ctl: ${what} is refused with one line on stderr`, async () => {
+      expectOneLineError(await system.ctl(args), pattern);
+    });
+  }
+
+  test("ctl: an unreachable controller is reported, not thrown", async () => {
+    expectOneLineError(await ctl(["--control", `unix:${join(dir.path, "nobody.sock")}`, "disk", "list"]), /cannot reach the controller/);
+  });
+
+  test("ctl: a malformed --control address is refused", async () => {
+    expectOneLineError(await ctl(["--control", "localhost", "disk", "list"]), /HOST:PORT or unix:PATH/);
+  });
+
+  test("ctl: CTL_CONTROL stands for --control", async () => {
+    const proc = Bun.spawn([process.execPath, "ctl/main.ts", "disk", "list", "--json"], {
+      env: { ...process.env, CTL_CONTROL: system.control },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(JSON.parse(stdout).map((d: { name: string }) => d.name)).toEqual(["exists"]);
+  });
+
+  test("ctl: lun add creates a sparse container and lun list shows it", async () => {
+    const path = join(dir.path, "extra.img");
+    const added = await system.ctl(["lun", "add", path, "--size", "256M", "--json"]);
+    expect(added.code).toBe(0);
+    const luns = JSON.parse((await system.ctl(["lun", "list", "--json"])).stdout) as { path: string; size: number; freeBytes: number }[];
+    expect(luns.find((lun) => lun.path === path)).toMatchObject({ size: 256 * 2 ** 20, freeBytes: 256 * 2 ** 20 });
+    expect(Bun.file(path).size).toBe(256 * 2 ** 20);
+  });
+
+  test("ctl: human listings are aligned tables", async () => {
+    const listed = await system.ctl(["disk", "list"]);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout.split("\n")[0]).toMatch(/^NAME\s+SIZE\s+SEGMENT\s+ALLOCATED$/);
+    expect(listed.stdout).toMatch(/^exists\s+1 MiB\s+1 MiB\s+0 B$/m);
+  });
+});
