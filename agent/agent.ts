@@ -14,7 +14,9 @@ import {
   type AgentRequests,
   type ArgsOf,
   type Runs,
+  type SettableState,
 } from "../engine/wire/messages.ts";
+import { ENTRY_NO_WRITE, ERROR_WORD, INVALID_WORD, ZERO_WORD } from "../wasm/entry.ts";
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../engine/wire/peer.ts";
 import { connect, removeStaleSocket } from "../engine/wire/transport.ts";
 
@@ -277,7 +279,7 @@ export class Agent {
         const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
         const table = this.table(disk);
         this.checkRange(table, first, count);
-        this.shared.updateStates(table.slot, first, count, set, clear);
+        this.setStates(table, first, count, set, clear.length > 0);
         if (blocking) await this.inflight.drain();
         return {};
       }
@@ -316,6 +318,20 @@ export class Agent {
     await this.inflight.drain();
     this.shared.freeTable(table.slot);
     this.freeSlots.push(table.slot);
+  }
+
+  /**
+   * Invalid, Z and E void the location, so setting one of them replaces the whole entry (the
+   * strongest wins: Invalid, then E, then Z). Nw keeps the location and is set or cleared in place.
+   */
+  private setStates(table: Table, first: number, count: number, set: SettableState[], clearNoWrite: boolean): void {
+    const voiding = set.includes("invalid") ? INVALID_WORD : set.includes("error") ? ERROR_WORD : set.includes("zero") ? ZERO_WORD : null;
+    if (voiding !== null) {
+      this.shared.fillEntries(table.slot, first, count, voiding);
+      return;
+    }
+    if (set.includes("nw")) this.shared.updateStates(table.slot, first, count, ENTRY_NO_WRITE, 0);
+    else if (clearNoWrite) this.shared.updateStates(table.slot, first, count, 0, ENTRY_NO_WRITE);
   }
 
   private table(disk: number): Table {

@@ -18,7 +18,8 @@ const WAIT_SLICE_MS = 50;
 
 export class InflightTracker {
   private readonly cells: Int32Array;
-  private drains: Promise<void> = Promise.resolve();
+  private draining = false;
+  private queued: (() => void)[] = [];
 
   private constructor(
     readonly buffer: SharedArrayBuffer,
@@ -50,13 +51,26 @@ export class InflightTracker {
   }
 
   /**
-   * Resolves once every I/O in progress now has ended (main thread). Drains run one after the
-   * other, so the two buckets are never both being waited on.
+   * Resolves once every I/O in progress now has ended (main thread). The epoch flips at once, so
+   * I/O that begins later is not waited for. While one drain waits, the two buckets are in use,
+   * so drains asked for meanwhile are batched and flip together when it is done; they may then
+   * wait for a little more than they need to, never for less.
    */
   drain(): Promise<void> {
-    const run = this.drains.then(() => this.drainOnce());
-    this.drains = run.catch(() => undefined);
-    return run;
+    return new Promise((resolve) => {
+      if (this.draining) this.queued.push(resolve);
+      else this.drainFor([resolve]);
+    });
+  }
+
+  private drainFor(waiters: (() => void)[]): void {
+    this.draining = true;
+    this.drainOnce().then(() => {
+      for (const waiter of waiters) waiter();
+      const next = this.queued.splice(0);
+      if (next.length > 0) this.drainFor(next);
+      else this.draining = false;
+    });
   }
 
   private async drainOnce(): Promise<void> {

@@ -23,6 +23,9 @@ const count = uint(2 ** 32);
 const runs = array(tuple<[number, number]>(word, uint(2 ** 32)), RUNS_PER_MESSAGE_MAX);
 export type Runs = Infer<typeof runs>;
 
+export const SETTABLE_STATES = ["invalid", "nw", "zero", "error"] as const;
+export type SettableState = (typeof SETTABLE_STATES)[number];
+
 export const ERRNO_NAMES = ["EIO", "ENOSPC", "EPERM", "EINVAL"] as const;
 export type Errno = (typeof ERRNO_NAMES)[number];
 
@@ -106,8 +109,17 @@ export const agentRequests = {
     result: object({ states: array(uint(15), ENTRIES_PER_QUERY_MAX) }),
   },
   set_entry: { args: object({ disk: diskId, first: segment, runs, blocking: bool }), result: object({}) },
+  /** Sets states on a range. Only Nw can be cleared: Invalid, Z and E void the location, so
+   *  leaving them takes a whole new entry (set_entry). */
   set_entry_state: {
-    args: object({ disk: diskId, first: segment, count, set: uint(15), clear: uint(15), blocking: bool }),
+    args: object({
+      disk: diskId,
+      first: segment,
+      count,
+      set: array(oneOf(...SETTABLE_STATES), SETTABLE_STATES.length),
+      clear: array(oneOf("nw"), 1),
+      blocking: bool,
+    }),
     result: object({}),
   },
 } satisfies Record<string, { args: Schema<unknown>; result: Schema<unknown> }>;
