@@ -61,8 +61,9 @@ program
   .requiredOption("--data <dir>", "data directory (created with a default storage container when absent)")
   .option("--nbd <addr>", "NBD address, HOST:PORT or unix:PATH", addressOption, DEFAULT_NBD_ADDRESS)
   .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
+  .option("--log-compact-slack <size>", "compact the controller's log once it grows this much past its live state", sizeOption)
   .option("--workers <n>", "NBD worker threads", countOption)
-  .action(async (options: { data: string; nbd: string; lunSize?: number; workers?: number }) => {
+  .action(async (options: { data: string; nbd: string; lunSize?: number; logCompactSlack?: number; workers?: number }) => {
     await runUp({ ...options, control: controlAddress() });
   });
 
@@ -71,7 +72,8 @@ program
   .description("run the controller alone in the foreground")
   .requiredOption("--data <dir>", "data directory")
   .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
-  .action(async (options: { data: string; lunSize?: number }) => {
+  .option("--log-compact-slack <size>", "compact the controller's log once it grows this much past its live state", sizeOption)
+  .action(async (options: { data: string; lunSize?: number; logCompactSlack?: number }) => {
     await runController({ ...options, control: controlAddress() });
   });
 

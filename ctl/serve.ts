@@ -25,8 +25,24 @@ function runUntilSignal(parts: Stoppable[]): Promise<void> {
   });
 }
 
-export async function runUp(options: { data: string; nbd: string; control: string; lunSize?: number; workers?: number }): Promise<void> {
-  const controller = await Controller.start({ dataDir: options.data, control: parseAddress(options.control), defaultLunBytes: options.lunSize });
+interface ControllerFlags {
+  data: string;
+  control: string;
+  lunSize?: number;
+  logCompactSlack?: number;
+}
+
+function startController(options: ControllerFlags): Promise<Controller> {
+  return Controller.start({
+    dataDir: options.data,
+    control: parseAddress(options.control),
+    defaultLunBytes: options.lunSize,
+    compactSlackBytes: options.logCompactSlack,
+  });
+}
+
+export async function runUp(options: ControllerFlags & { nbd: string; workers?: number }): Promise<void> {
+  const controller = await startController(options);
   const agent = await Agent.start({
     id: "local",
     control: controller.address,
@@ -41,8 +57,8 @@ export async function runUp(options: { data: string; nbd: string; control: strin
   await runUntilSignal([controller, agent]);
 }
 
-export async function runController(options: { data: string; control: string; lunSize?: number }): Promise<void> {
-  const controller = await Controller.start({ dataDir: options.data, control: parseAddress(options.control), defaultLunBytes: options.lunSize });
+export async function runController(options: ControllerFlags): Promise<void> {
+  const controller = await startController(options);
   console.error(`ready: controller ${options.control}`);
   await runUntilSignal([controller]);
 }
