@@ -17,7 +17,7 @@ import { assert } from "../../engine/util/assert.ts";
 
 /** Where the bytes go: Bun's Socket.write (returns bytes written, -1 when closed). */
 export interface OutputSink {
-  write(data: Uint8Array, byteOffset: number, byteLength: number): number;
+  write(data: Uint8Array): number;
 }
 
 /** Arena size: one allocation covers many replies. */
@@ -206,7 +206,7 @@ export class OutputQueue {
         if (taken > 1) data = this.coalesceBuffer.subarray(0, used);
         else taken = 1;
       }
-      const written = this.sink.write(data, 0, data.length);
+      const written = this.sink.write(data);
       if (written < 0) {
         this.kill();
         return;

@@ -325,27 +325,30 @@ export class Transmission {
   }
 
   private dispatch(type: number, flags: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
+    if (type === CMD_READ) return this.read(flags, cookieHi, cookieLo, offset, length);
+    if (type === CMD_BLOCK_STATUS) return this.blockStatus(flags, cookieHi, cookieLo, offset, length);
+    if (length === 0 && type !== CMD_FLUSH) return this.replyOk(cookieHi, cookieLo); // nothing to trim or zero
     const fua = (flags & CMD_FLAG_FUA) !== 0;
-    switch (type) {
-      case CMD_READ:
-        return this.read(flags, cookieHi, cookieLo, offset, length);
-      case CMD_FLUSH:
-        return this.runVoid("flush", cookieHi, cookieLo, 0, () => this.handle.flush());
-      case CMD_TRIM:
-        if (length === 0) return this.replyOk(cookieHi, cookieLo);
-        return this.runVoid("trim", cookieHi, cookieLo, 0, () => this.handle.trim(offset, length, fua));
-      case CMD_WRITE_ZEROES: {
-        if (length === 0) return this.replyOk(cookieHi, cookieLo);
-        const noHole = (flags & CMD_FLAG_NO_HOLE) !== 0;
-        return this.runVoid("writeZeroes", cookieHi, cookieLo, 0, () =>
-          this.handle.writeZeroes(offset, length, fua, noHole),
-        );
+    let result: void | Promise<void>;
+    try {
+      switch (type) {
+        case CMD_FLUSH:
+          result = this.handle.flush();
+          break;
+        case CMD_TRIM:
+          result = this.handle.trim(offset, length, fua);
+          break;
+        case CMD_WRITE_ZEROES:
+          result = this.handle.writeZeroes(offset, length, fua, (flags & CMD_FLAG_NO_HOLE) !== 0);
+          break;
+        default:
+          assert(false, `validate() lets through only known commands, got ${type}`);
       }
-      case CMD_BLOCK_STATUS:
-        return this.blockStatus(flags, cookieHi, cookieLo, offset, length);
-      default:
-        assert(false, `validate() lets through only known commands, got ${type}`);
+    } catch (e) {
+      return this.replyFailure(COMMAND_NAMES[type]!, cookieHi, cookieLo, e);
     }
+    if (result === undefined) return this.replyOk(cookieHi, cookieLo);
+    this.awaitVoid(COMMAND_NAMES[type]!, cookieHi, cookieLo, 0, result);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -361,23 +364,6 @@ export class Transmission {
     }
     if (result === undefined) return this.replyOk(cookieHi, cookieLo);
     this.awaitVoid("write", cookieHi, cookieLo, data.length, result);
-  }
-
-  private runVoid(
-    what: string,
-    cookieHi: number,
-    cookieLo: number,
-    bytes: number,
-    call: () => void | Promise<void>,
-  ): void {
-    let result: void | Promise<void>;
-    try {
-      result = call();
-    } catch (e) {
-      return this.replyFailure(what, cookieHi, cookieLo, e);
-    }
-    if (result === undefined) return this.replyOk(cookieHi, cookieLo);
-    this.awaitVoid(what, cookieHi, cookieLo, bytes, result);
   }
 
   private awaitVoid(what: string, cookieHi: number, cookieLo: number, bytes: number, pending: Promise<void>): void {
@@ -661,6 +647,9 @@ export class Transmission {
     this.replyError(cookieHi, cookieLo, NBD_EIO, `${what} failed`);
   }
 }
+
+/** Names of the commands, for messages. */
+const COMMAND_NAMES = ["read", "write", "disc", "flush", "trim", "cache", "writeZeroes", "blockStatus"];
 
 /** Marker: the backend's hole list is unusable. */
 const BAD_HOLES = new Uint8Array(0);

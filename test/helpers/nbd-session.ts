@@ -95,7 +95,7 @@ export async function expectOk(s: Session, request: Request): Promise<Uint8Array
 }
 
 /** A deterministic pattern for test data. */
-export function pattern(length: number, seed: number): Uint8Array {
+export function pattern(length: number, seed: number): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(length);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < length; i++) {
