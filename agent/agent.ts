@@ -47,6 +47,8 @@ export class Agent {
   private readonly freeSlots: number[] = [];
   private readonly workers: Worker[] = [];
   private controller: ControllerPeer | null = null;
+  /** Disks whose table the controller sent since the current connection began. */
+  private reloaded = new Set<number>();
   private connectedWaiters: (() => void)[] = [];
   private stopping = false;
   private nbdAddress: Address;
@@ -214,12 +216,16 @@ export class Agent {
         const peer: ControllerPeer = new Peer(stream, agentRequests, controllerRequests);
         peer.serve((op, args) => this.serveCommand(op, args));
         const closed = new Promise<Error>((resolve) => peer.onClosed(resolve));
+        // The controller loads every table before it answers hello; a table it did not send
+        // belongs to a disk deleted while we were apart.
+        this.reloaded = new Set();
         await peer.request("hello", {
           version: PROTOCOL_VERSION,
           role: "agent",
           agentId: this.options.id,
           nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
         });
+        await this.dropTablesNotReloaded();
         this.controller = peer;
         delay = RECONNECT_DELAY_MIN_MS;
         for (const waiter of this.connectedWaiters.splice(0)) waiter();
@@ -288,7 +294,16 @@ export class Agent {
     }
   }
 
+  private async dropTablesNotReloaded(): Promise<void> {
+    const stale = [...this.tables.values()].filter((table) => !this.reloaded.has(table.disk));
+    for (const table of stale) this.tables.delete(table.disk);
+    if (stale.length === 0) return;
+    this.broadcastExports();
+    for (const table of stale) await this.retire(table);
+  }
+
   private async newTable(args: ArgsOf<AgentRequests, "new_table">): Promise<object> {
+    this.reloaded.add(args.disk);
     const entryCount = Math.ceil(args.size / 2 ** args.segmentShift);
     if (entryCount > 2 ** 32 || args.size === 0) throw new RequestError("EINVAL", `table for disk ${args.disk}: bad size ${args.size}`);
     const slot = this.freeSlots.pop();
