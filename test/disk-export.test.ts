@@ -53,6 +53,18 @@ describe("thin disks over NBD", () => {
     expect(check.trim()).toBe(`4096 ${MIB - 4096}`);
   });
 
+  test("a 64 TiB disk costs kilobytes: instant creation, one extent, a small log", async () => {
+    const logBefore = Bun.file(join(system.data, "controller.log")).size;
+    const uri = await system.createDisk("huge", "64T");
+    const size = 64 * TIB;
+    expect(await nbdMap(uri)).toEqual([{ offset: 0, length: size, type: 3, description: "hole,zero" }]);
+    await nbdPython(uri, `h.pwrite(b"\\x01" * 4096, ${size - 4096})\nh.flush()`);
+    const map = await nbdMap(uri);
+    expect(map.at(-1)).toEqual({ offset: size - MIB, length: MIB, type: 0, description: "data" });
+    expect(Bun.file(join(system.data, "controller.log")).size - logBefore).toBeLessThan(4096);
+    expect((await nbdPython(uri, `print(h.pread(4096, ${size - 4096}) == b"\\x01" * 4096)`)).trim()).toBe("True");
+  });
+
   test("nbdcopy of a 256 MiB random file onto a disk and back is byte-identical; qemu-img compare agrees", async () => {
     const uri = await system.createDisk("copy", "256M");
     const source = join(dir.path, "source.bin");
