@@ -1,0 +1,297 @@
+#!/usr/bin/env bun
+// End-to-end benchmark: the same fio jobs (fio's nbd engine) against our NBD server and reference
+// servers (nbdkit file, qemu-nbd raw, nbdkit null), each started here on the same kind of backing file
+// in the same temp directory, then a Markdown table of medians and ours/reference ratios.
+//
+//   bun bench/fio.ts [--quick | --smoke] [--runtime SEC] [--reps N] [--socket unix|tcp|both]
+//                    [--servers ours,nbdkit-file,...] [--keep] [--verbose]
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { FILL_JOB, type FioJob, JOBS, type Timing, runFio } from "./fio-jobs.ts";
+import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
+import { reapAll, runCommand } from "./processes.ts";
+import { type BenchConfig, type RunRecord, markdownReport, metricValue, resultsTable } from "./report.ts";
+import { REPO, type RunningServer, SERVER_IDS, SERVERS, type ServerId, TRANSPORTS, type Transport } from "./servers.ts";
+
+const GIB = 2 ** 30;
+const MIB = 2 ** 20;
+const RESULTS_DIR = join(REPO, "bench/results");
+/** Preferred home of the temp directory: a disk-backed file system, unlike a tmpfs /tmp. */
+const TEMP_ROOT = "/var/tmp";
+/** Bound on writing back the dirty pages of the temp file system between runs. */
+const SYNC_TIMEOUT_MS = 120_000;
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+const EXIT_INTERRUPTED = 130;
+
+interface ModeDefaults {
+  runtimeSec: number;
+  rampSec: number;
+  reps: number;
+  diskBytes: number;
+  servers: ServerId[];
+}
+
+const MODES: Record<BenchConfig["mode"], ModeDefaults> = {
+  full: { runtimeSec: 5, rampSec: 1, reps: 3, diskBytes: GIB, servers: [...SERVER_IDS] },
+  quick: { runtimeSec: 2, rampSec: 0.5, reps: 1, diskBytes: GIB, servers: [...SERVER_IDS] },
+  // Only checks that numbers come out: short runs, a small disk so the fill is quick, two servers.
+  smoke: { runtimeSec: 1, rampSec: 0, reps: 1, diskBytes: 256 * MIB, servers: ["ours", "nbdkit-file"] },
+};
+
+const USAGE = `usage: bun bench/fio.ts [--quick | --smoke] [--runtime SEC] [--reps N] [--socket unix|tcp|both]
+                       [--servers ${SERVER_IDS.join(",")}] [--keep] [--verbose]
+  --quick     ${MODES.quick.runtimeSec} s per job, ${MODES.quick.reps} repetition (default: ${MODES.full.runtimeSec} s, ${MODES.full.reps} repetitions)
+  --smoke     ${MODES.smoke.runtimeSec} s per job against ours and nbdkit-file only; exits 1 unless every number is there
+  --keep      keep the temp directory (backing files, server data) for inspection
+  --verbose   echo every server's output`;
+
+class UsageError extends Error {}
+
+interface Options {
+  config: BenchConfig;
+  keep: boolean;
+  verbose: boolean;
+}
+
+function positiveNumber(text: string | undefined, name: string, fallback: number, integer: boolean): number {
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) throw new UsageError(`${name} must be a positive ${integer ? "whole " : ""}number, not "${text}"`);
+  return value;
+}
+
+function parseTransports(text: string | undefined): Transport[] {
+  if (text === undefined || text === "unix") return ["unix"];
+  if (text === "tcp") return ["tcp"];
+  if (text === "both") return [...TRANSPORTS];
+  throw new UsageError(`--socket must be unix, tcp or both, not "${text}"`);
+}
+
+function parseServers(text: string | undefined, fallback: ServerId[]): ServerId[] {
+  if (text === undefined) return fallback;
+  const names = text.split(",").map((name) => name.trim());
+  for (const name of names) if (!(SERVER_IDS as readonly string[]).includes(name)) throw new UsageError(`unknown server "${name}"`);
+  return SERVER_IDS.filter((id) => names.includes(id));
+}
+
+function parseOptions(argv: string[]): Options | null {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      quick: { type: "boolean" },
+      smoke: { type: "boolean" },
+      runtime: { type: "string" },
+      reps: { type: "string" },
+      socket: { type: "string" },
+      servers: { type: "string" },
+      keep: { type: "boolean" },
+      verbose: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) return null;
+  if (values.quick && values.smoke) throw new UsageError("--quick and --smoke exclude each other");
+  const mode: BenchConfig["mode"] = values.smoke ? "smoke" : values.quick ? "quick" : "full";
+  const defaults = MODES[mode];
+  const config: BenchConfig = {
+    mode,
+    runtimeSec: positiveNumber(values.runtime, "--runtime", defaults.runtimeSec, false),
+    rampSec: defaults.rampSec,
+    reps: positiveNumber(values.reps, "--reps", defaults.reps, true),
+    diskBytes: defaults.diskBytes,
+    transports: parseTransports(values.socket),
+    servers: parseServers(values.servers, defaults.servers),
+  };
+  return { config, keep: !!values.keep, verbose: !!values.verbose };
+}
+
+function makeTempDir(): string {
+  for (const root of [TEMP_ROOT, tmpdir()]) {
+    try {
+      return mkdtempSync(join(root, "tabledisk-fio-"));
+    } catch {
+      // try the next root
+    }
+  }
+  throw new Error("cannot create a temp directory");
+}
+
+function log(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+/** Everything one benchmark run collects. */
+class Collected {
+  readonly records: RunRecord[] = [];
+  readonly fills: RunRecord[] = [];
+  readonly servers: { transport: Transport; id: ServerId; uri: string; command: string[] }[] = [];
+}
+
+async function startServers(config: BenchConfig, transport: Transport, dir: string, verbose: boolean, collected: Collected): Promise<Map<ServerId, RunningServer>> {
+  const running = new Map<ServerId, RunningServer>();
+  for (const id of config.servers) {
+    const serverDir = join(dir, transport, id);
+    mkdirSync(serverDir, { recursive: true });
+    try {
+      const server = await SERVERS[id].start({ dir: serverDir, transport, diskBytes: config.diskBytes, verbose });
+      running.set(id, server);
+      collected.servers.push({ transport, id, uri: server.uri, command: server.command });
+      log(`${transport} ${id}: serving ${server.uri} (pid ${server.process.pid})`);
+    } catch (error) {
+      const message = `did not start: ${(error as Error).message}`;
+      log(`${transport} ${id}: ${message}`);
+      collected.fills.push({ transport, server: id, job: FILL_JOB.id, rep: 0, error: message });
+    }
+  }
+  return running;
+}
+
+/** One fio run, recorded as a result or an error (a dead server is not run against again). */
+async function measure(server: RunningServer, job: FioJob, timing: Timing, outputPath: string): Promise<Pick<RunRecord, "result" | "error">> {
+  if (!server.process.running) return { error: `server had exited (${server.process.exitDescription}) before this run` };
+  try {
+    return { result: await runFio(server.uri, job, timing, outputPath) };
+  } catch (error) {
+    let message = (error as Error).message;
+    if (!server.process.running) message += `; server exited (${server.process.exitDescription}): ${server.process.tail(5)}`;
+    return { error: message };
+  }
+}
+
+function describe(outcome: Pick<RunRecord, "result" | "error">): string {
+  if (!outcome.result) return `FAILED: ${outcome.error}`;
+  return `${Math.round(outcome.result.iops)} IOPS, ${(outcome.result.bandwidthBytes / MIB).toFixed(1)} MiB/s`;
+}
+
+async function fillAll(running: Map<ServerId, RunningServer>, transport: Transport, dir: string, collected: Collected): Promise<void> {
+  for (const [id, server] of running) {
+    await settle(dir);
+    const outcome = await measure(server, FILL_JOB, { runtimeSec: null, rampSec: 0 }, join(dir, `fill-${transport}-${id}.json`));
+    collected.fills.push({ transport, server: id, job: FILL_JOB.id, rep: 0, ...outcome });
+    log(`${transport} ${id} fill: ${describe(outcome)}`);
+  }
+}
+
+/**
+ * Writes back the page cache's dirty pages on the temp directory's file system, so that one run's
+ * writes (or the fills) are not flushed by the kernel in the middle of the next run.
+ */
+async function settle(dir: string): Promise<void> {
+  const result = await runCommand(["sync", "-f", dir], { timeoutMs: SYNC_TIMEOUT_MS });
+  if (result.code !== 0) throw new Error(`sync -f ${dir} failed: ${result.stderr.trim()}`);
+}
+
+/**
+ * Repetitions outermost, servers innermost, so slow drift of the machine hits every server alike; the
+ * file system is synced before each run.
+ */
+async function measureAll(config: BenchConfig, running: Map<ServerId, RunningServer>, transport: Transport, dir: string, collected: Collected): Promise<void> {
+  const timing: Timing = { runtimeSec: config.runtimeSec, rampSec: config.rampSec };
+  for (let rep = 1; rep <= config.reps; rep++) {
+    for (const job of JOBS) {
+      for (const [id, server] of running) {
+        await settle(dir);
+        const outcome = await measure(server, job, timing, join(dir, `run-${transport}-${id}.json`));
+        collected.records.push({ transport, server: id, job: job.id, rep, ...outcome });
+        log(`${transport} #${rep} ${job.label} ${id}: ${describe(outcome)}`);
+      }
+    }
+  }
+}
+
+async function benchTransport(options: Options, transport: Transport, dir: string, collected: Collected): Promise<void> {
+  const running = await startServers(options.config, transport, dir, options.verbose, collected);
+  try {
+    await fillAll(running, transport, dir, collected);
+    await measureAll(options.config, running, transport, dir, collected);
+  } finally {
+    await Promise.all([...running.values()].map((server) => server.stop()));
+    for (const [id, server] of running) log(`${transport} ${id}: stopped (${server.process.exitDescription})`);
+  }
+}
+
+/** In smoke mode every job of every server must have produced a positive number. */
+function smokeProblems(config: BenchConfig, collected: Collected): string[] {
+  const problems: string[] = [];
+  for (const transport of config.transports) {
+    for (const server of config.servers) {
+      for (const job of [...JOBS, FILL_JOB]) {
+        const pool = job === FILL_JOB ? collected.fills : collected.records;
+        const ok = pool.some((r) => r.transport === transport && r.server === server && r.job === job.id && r.result && metricValue(job, r.result) > 0);
+        if (!ok) problems.push(`${transport} ${server} ${job.id}: no result`);
+      }
+    }
+  }
+  return problems;
+}
+
+function writeResults(config: BenchConfig, machine: MachineInfo, collected: Collected, markdown: string, startedAt: Date): string[] {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const base = join(RESULTS_DIR, config.mode === "smoke" ? "fio-smoke" : "fio-latest");
+  const raw = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), machine, config, servers: collected.servers, fills: collected.fills, runs: collected.records };
+  writeFileSync(`${base}.json`, `${JSON.stringify(raw, null, 2)}\n`);
+  writeFileSync(`${base}.md`, markdown);
+  return [`${base}.json`, `${base}.md`];
+}
+
+/** Reaps every child and removes the temp directory if the benchmark is interrupted. */
+function onInterrupt(cleanUp: () => void): void {
+  let interrupted = false;
+  const handler = (signal: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = true;
+    log(`bench: ${signal}: stopping servers`);
+    reapAll().finally(() => {
+      cleanUp();
+      process.exit(EXIT_INTERRUPTED);
+    });
+  };
+  process.on("SIGINT", handler);
+  process.on("SIGTERM", handler);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const options = parseOptions(argv);
+  if (!options) {
+    console.log(USAGE);
+    return 0;
+  }
+  const { config } = options;
+  const dir = makeTempDir();
+  const cleanUp = () => (options.keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
+  onInterrupt(cleanUp);
+  const startedAt = new Date();
+  const collected = new Collected();
+  const machine = await machineInfo(dir).catch((error: unknown) => {
+    cleanUp();
+    throw error;
+  });
+  console.log(formatMachineInfo(machine).join("\n"));
+  try {
+    log(`bench: ${config.mode}, ${config.runtimeSec} s per job, ${config.reps} repetition(s), servers ${config.servers.join(", ")}, in ${dir}`);
+    for (const transport of config.transports) await benchTransport(options, transport, dir, collected);
+  } finally {
+    await reapAll();
+    cleanUp();
+  }
+  const markdown = markdownReport({ machine, config, records: collected.records, fills: collected.fills, startedAt });
+  for (const transport of config.transports) console.log(`\n${transport}:\n\n${resultsTable(transport, config.servers, collected.records, collected.fills)}`);
+  for (const path of writeResults(config, machine, collected, markdown, startedAt)) log(`bench: wrote ${path}`);
+  const failures = [...collected.fills, ...collected.records].filter((record) => record.error).length;
+  const problems = config.mode === "smoke" ? smokeProblems(config, collected) : [];
+  for (const problem of problems) log(`smoke: ${problem}`);
+  if (failures > 0) log(`bench: ${failures} run(s) failed; see the Failures section of the report`);
+  return failures > 0 || problems.length > 0 ? EXIT_FAILED : 0;
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (error) {
+  const usage = error instanceof UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+  log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
+  process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
+}

@@ -1,0 +1,159 @@
+// The NBD servers the benchmarks compare: ours (`ctl up`), `nbdkit file`, `qemu-nbd -f raw` and
+// `nbdkit null`. Each one is started in a fresh directory, serves one export named EXPORT_NAME on a unix
+// socket or a loopback TCP port, and is backed by a sparse file of the disk size that the benchmark fills
+// through NBD before measuring (so every backing file ends up fully written and hot in the page cache).
+import { closeSync, openSync, truncateSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { type Endpoint, LOOPBACK, ManagedProcess, freeTcpPort, runCommand, waitForEndpoint } from "./processes.ts";
+
+export const REPO = resolve(import.meta.dir, "..");
+const CTL = join(REPO, "ctl/main.ts");
+export const EXPORT_NAME = "bench";
+/** Bound on a server's start (process up to accepting NBD connections). */
+const READY_TIMEOUT_MS = 30_000;
+/** Bound on one `ctl` command. */
+const CTL_TIMEOUT_MS = 30_000;
+
+export type Transport = "unix" | "tcp";
+export const TRANSPORTS: readonly Transport[] = ["unix", "tcp"];
+
+export type ServerId = "ours" | "nbdkit-file" | "qemu-nbd" | "nbdkit-null";
+export const SERVER_IDS: readonly ServerId[] = ["ours", "nbdkit-file", "qemu-nbd", "nbdkit-null"];
+
+export interface StartOptions {
+  /** A fresh directory for this server's files and sockets. */
+  dir: string;
+  transport: Transport;
+  diskBytes: number;
+  verbose: boolean;
+}
+
+export interface RunningServer {
+  id: ServerId;
+  uri: string;
+  command: string[];
+  process: ManagedProcess;
+  stop(): Promise<void>;
+}
+
+export interface ServerSpec {
+  id: ServerId;
+  /** How it is set up, for the report. */
+  setup: string;
+  start(options: StartOptions): Promise<RunningServer>;
+}
+
+export function nbdUri(endpoint: Endpoint, exportName: string): string {
+  const name = encodeURIComponent(exportName);
+  if (endpoint.kind === "unix") return `nbd+unix:///${name}?socket=${endpoint.path}`;
+  return `nbd://${endpoint.host}:${endpoint.port}/${name}`;
+}
+
+async function pickEndpoint(options: StartOptions, name: string): Promise<Endpoint> {
+  if (options.transport === "unix") return { kind: "unix", path: join(options.dir, `${name}.sock`) };
+  return { kind: "tcp", host: LOOPBACK, port: await freeTcpPort() };
+}
+
+function createSparseFile(path: string, bytes: number): void {
+  closeSync(openSync(path, "w"));
+  truncateSync(path, bytes);
+}
+
+/** Starts `command`, waits until `endpoint` accepts connections, and stops the process if that fails. */
+async function startListening(id: ServerId, command: string[], endpoint: Endpoint, options: StartOptions): Promise<RunningServer> {
+  const process = ManagedProcess.start(id, command, { cwd: options.dir, verbose: options.verbose });
+  try {
+    await waitForEndpoint(endpoint, process, READY_TIMEOUT_MS);
+  } catch (error) {
+    await process.stop();
+    throw error;
+  }
+  return { id, uri: nbdUri(endpoint, EXPORT_NAME), command, process, stop: () => process.stop() };
+}
+
+function nbdkitListenArgs(endpoint: Endpoint): string[] {
+  return endpoint.kind === "unix" ? ["--unix", endpoint.path] : ["-i", endpoint.host, "-p", String(endpoint.port)];
+}
+
+function qemuNbdListenArgs(endpoint: Endpoint): string[] {
+  return endpoint.kind === "unix" ? ["--socket", endpoint.path] : ["-b", endpoint.host, "-p", String(endpoint.port)];
+}
+
+function ctlAddress(endpoint: Endpoint): string {
+  return endpoint.kind === "unix" ? `unix:${endpoint.path}` : `${endpoint.host}:${endpoint.port}`;
+}
+
+const nbdkitFile: ServerSpec = {
+  id: "nbdkit-file",
+  setup: "`nbdkit file`, default cache (page cache, no O_DIRECT) and threads",
+  async start(options) {
+    const image = join(options.dir, "nbdkit-file.img");
+    createSparseFile(image, options.diskBytes);
+    const endpoint = await pickEndpoint(options, "nbdkit-file");
+    const command = ["nbdkit", "--exit-with-parent", "-f", ...nbdkitListenArgs(endpoint), "file", image];
+    return startListening("nbdkit-file", command, endpoint, options);
+  },
+};
+
+const qemuNbd: ServerSpec = {
+  id: "qemu-nbd",
+  setup: "`qemu-nbd -f raw --cache=writeback --aio=threads` (page cache like the others; flushes only on NBD FLUSH)",
+  async start(options) {
+    const image = join(options.dir, "qemu-nbd.img");
+    createSparseFile(image, options.diskBytes);
+    const endpoint = await pickEndpoint(options, "qemu-nbd");
+    // --shared lets the readiness probe's connection overlap fio's; it does not change the data path.
+    const command = ["qemu-nbd", "-f", "raw", "-t", "-x", EXPORT_NAME, "--cache=writeback", "--aio=threads", "--shared=8"];
+    command.push(...qemuNbdListenArgs(endpoint), image);
+    return startListening("qemu-nbd", command, endpoint, options);
+  },
+};
+
+const nbdkitNull: ServerSpec = {
+  id: "nbdkit-null",
+  setup: "`nbdkit null` (reads return zeros, writes are dropped): the limit of the NBD pipeline and fio",
+  async start(options) {
+    const endpoint = await pickEndpoint(options, "nbdkit-null");
+    const command = ["nbdkit", "--exit-with-parent", "-f", ...nbdkitListenArgs(endpoint), "null", `size=${options.diskBytes}`];
+    return startListening("nbdkit-null", command, endpoint, options);
+  },
+};
+
+/** Runs `ctl --control CONTROL ARGS...` to completion; throws with its stderr on failure. */
+async function ctl(control: string, args: string[]): Promise<void> {
+  const result = await runCommand([process.execPath, CTL, "--control", control, ...args], { cwd: REPO, timeoutMs: CTL_TIMEOUT_MS });
+  if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} failed (${result.timedOut ? "timed out" : `exit ${result.code}`}): ${result.stderr.trim()}`);
+}
+
+/** `ctl up` with one container of exactly the disk size, then one thin disk announced under EXPORT_NAME. */
+async function startOurs(options: StartOptions): Promise<RunningServer> {
+  const control = `unix:${join(options.dir, "ours-control.sock")}`;
+  const endpoint = await pickEndpoint(options, "ours-nbd");
+  const command = [process.execPath, CTL, "--control", control, "up", "--data", join(options.dir, "ours-data")];
+  command.push("--nbd", ctlAddress(endpoint), "--lun-size", String(options.diskBytes));
+  const process_ = ManagedProcess.start("ours", command, { cwd: REPO, verbose: options.verbose });
+  try {
+    await process_.waitForLine(/^ready:/, READY_TIMEOUT_MS);
+    const linesBefore = process_.lineCount;
+    await ctl(control, ["disk", "create", EXPORT_NAME, "--size", String(options.diskBytes)]);
+    const announced = await process_.waitForLine(new RegExp(`^nbd[^ ]*/${EXPORT_NAME}\\b`), READY_TIMEOUT_MS, linesBefore);
+    await waitForEndpoint(endpoint, process_, READY_TIMEOUT_MS);
+    return { id: "ours", uri: announced.trim(), command, process: process_, stop: () => process_.stop() };
+  } catch (error) {
+    await process_.stop();
+    throw error;
+  }
+}
+
+const ours: ServerSpec = {
+  id: "ours",
+  setup: "`ctl up` (controller + agent, default workers), one container of the disk size; a thin disk with 1 MiB segments, fully mapped by the fill",
+  start: startOurs,
+};
+
+export const SERVERS: Record<ServerId, ServerSpec> = {
+  ours,
+  "nbdkit-file": nbdkitFile,
+  "qemu-nbd": qemuNbd,
+  "nbdkit-null": nbdkitNull,
+};
