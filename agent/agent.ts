@@ -92,9 +92,9 @@ export class Agent {
     return new Promise((resolve) => this.connectedWaiters.push(resolve));
   }
 
+  /** Stops serving: the NBD servers finish their in-flight requests (which may still need the
+   *  controller for faults), then the controller connection is closed. */
   async stop(): Promise<void> {
-    this.stopping = true;
-    this.controller?.close();
     await Promise.all(
       this.workers.map(
         (worker) =>
@@ -108,6 +108,8 @@ export class Agent {
       ),
     );
     for (const worker of this.workers) worker.terminate();
+    this.stopping = true;
+    this.controller?.close();
   }
 
   // ---- Worker threads ----

@@ -37,7 +37,7 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
   });
   let tcpPort: number | undefined;
   for (const listen of message.listen) {
-    const server = await startNbdServer({ backend, listen });
+    const server = await startNbdServer({ backend, listen, log: (line) => console.error(`nbd: ${line}`) });
     servers.push(server);
     if (listen.kind === "tcp") tcpPort = server.port;
   }

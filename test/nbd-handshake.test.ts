@@ -90,8 +90,6 @@ function suite(kind: NbdTargetKind): void {
   });
 
   // Split from the test above so that a missing log line does not hide the protocol behaviour.
-  // KNOWN FAILURE on the agent (reported, not to be weakened): agent/worker.ts starts its NBD
-  // servers without `log`, so ctl up prints no NBD diagnostics at all.
   test("handshake: a bad IHAVEOPT magic is logged as a server diagnostic", async () => {
     await withClient(async (c) => {
       await c.handshake();

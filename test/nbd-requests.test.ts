@@ -249,8 +249,6 @@ function suite(kind: NbdTargetKind): void {
   });
 
   // Split from the test above so that a missing log line does not hide the protocol behaviour.
-  // KNOWN FAILURE on the agent (reported, not to be weakened): agent/worker.ts starts its NBD
-  // servers without `log`, so ctl up prints no NBD diagnostics at all.
   test("request: a bad request magic is logged as a server diagnostic", async () => {
     const s = await openSession(target, target.exportName);
     const bytes = encodeRequest({ type: NBD.CMD_READ, offset: 0n, length: 512 });

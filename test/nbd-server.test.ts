@@ -212,9 +212,6 @@ function suite(kind: NbdTargetKind): void {
   // E (L451-455): finish in-flight work, then answer new requests with ESHUTDOWN; A (L274-276):
   // while shutting down, options other than ABORT get ERR_SHUTDOWN. Stopped the way a service
   // manager stops it.
-  // KNOWN FAILURE on the agent (reported, not to be weakened): writes still waiting for a fault
-  // answer when SIGTERM lands are answered EIO, not done or ESHUTDOWN (L451-455): Agent.stop()
-  // closes the controller connection first, and forwardFault() then gives up with EIO.
   testWith(kind, "sigterm")("server: SIGTERM to ctl up answers every request (done or ESHUTDOWN), refuses options, closes idle clients, exits 0", async () => {
     const target = await startAgentTarget();
     cleanups.push(() => target.stop());
