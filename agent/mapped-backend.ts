@@ -19,6 +19,14 @@ import {
   type SharedTables,
 } from "../wasm/tables.ts";
 
+/** Runs steps one after the other, synchronously while they complete synchronously. */
+function chain(...steps: (() => void | Promise<void>)[]): void | Promise<void> {
+  for (let i = 0; i < steps.length; i += 1) {
+    const result = steps[i]!();
+    if (result instanceof Promise) return result.then(() => chain(...steps.slice(i + 1)));
+  }
+}
+
 /** A request is retried at most this often after faults before the host gets EIO. */
 export const FAULT_RETRIES_MAX = 32;
 /** Long WRITE_ZEROES/TRIM requests are resolved this many segments at a time. */
@@ -129,9 +137,25 @@ class MappedExport implements ExportHandle {
   }
 
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): void | Promise<void> {
-    // Z segments already read as zeros; with NO_HOLE the range must be allocated, so it is
-    // resolved like a write and Z segments fault to get storage.
-    const op = noHole ? OP_WRITE : OP_WRITE_ZEROES;
+    if (noHole) return this.zeroData(offset, length, fua, true);
+    // Whole segments go back to Z (unmapped, R15); only the partial ends are written with zeros.
+    const whole = this.wholeSegments(offset, length);
+    if (!whole) return this.zeroData(offset, length, fua, false);
+    const segmentBytes = 2 ** this.entry().segmentShift;
+    const wholeStart = whole.first * segmentBytes;
+    const wholeEnd = Math.min((whole.last + 1) * segmentBytes, offset + length);
+    return chain(
+      () => this.zeroData(offset, wholeStart - offset, fua, false),
+      () => this.unmap(whole.first, whole.last, offset, length),
+      () => this.zeroData(wholeEnd, offset + length - wholeEnd, fua, false),
+    );
+  }
+
+  /** Writes zeros over data segments. With NO_HOLE the range must be allocated, so it is resolved
+   *  like a write and Z segments fault to get storage; otherwise Z segments are already zeros. */
+  private zeroData(offset: number, length: number, fua: boolean, allocate: boolean): void | Promise<void> {
+    if (length <= 0) return;
+    const op = allocate ? OP_WRITE : OP_WRITE_ZEROES;
     return this.inPieces(offset, length, (pieceOffset, pieceLength) =>
       this.run(op, pieceOffset, pieceLength, () => {
         const { tables, files } = this.backend;
@@ -144,10 +168,27 @@ class MappedExport implements ExportHandle {
     );
   }
 
-  trim(): void {
-    // TRIM is advisory (the protocol lets it be a no-op); unmapping whole segments needs the
-    // controller's reference counts and comes with snapshots.
-    this.entry();
+  /** TRIM unmaps the whole segments of the range (they read as zeros afterwards); partial
+   *  segments are left as they are, which the protocol allows. */
+  trim(offset: number, length: number): void | Promise<void> {
+    const whole = this.wholeSegments(offset, length);
+    if (whole) return this.unmap(whole.first, whole.last, offset, length);
+  }
+
+  /** The segments lying wholly inside [offset, offset+length) (the disk's last, short segment
+   *  counts as whole when the range reaches the end of the disk), or null. */
+  private wholeSegments(offset: number, length: number): { first: number; last: number } | null {
+    const entry = this.entry();
+    const segmentBytes = 2 ** entry.segmentShift;
+    const end = offset + length;
+    const first = Math.ceil(offset / segmentBytes);
+    const last = (end >= entry.sizeBytes ? Math.ceil(end / segmentBytes) : Math.floor(end / segmentBytes)) - 1;
+    return first <= last ? { first, last } : null;
+  }
+
+  /** Asks the controller to unmap segments; it updates every agent's table, this one's too. */
+  private unmap(first: number, last: number, offset: number, length: number): Promise<void> {
+    return this.backend.sendFault({ disk: this.disk, op: "trim", offset, length, gone: false, first, last, state: 0 });
   }
 
   flush(): void {

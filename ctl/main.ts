@@ -7,6 +7,7 @@ import { runAgent, runController, runUp } from "./serve.ts";
 import { DEFAULT_CONTROL_ADDRESS, DEFAULT_NBD_ADDRESS, parseAddress } from "../engine/util/address.ts";
 import { formatSize, parseSize } from "../engine/util/size.ts";
 import { RemoteError } from "../engine/wire/peer.ts";
+import type { DiskMode } from "../engine/catalog.ts";
 
 function sizeOption(text: string): number {
   try {
@@ -89,27 +90,46 @@ program
 
 const disk = program.command("disk").description("virtual disks");
 
+function modeOption(text: string): DiskMode {
+  if (text !== "forward" && text !== "reverse") throw new InvalidArgumentError(`"${text}" is not a mode: use forward or reverse`);
+  return text;
+}
+
+const MODE_HELP = "copy-on-write after a snapshot: forward (the writer gets a new segment) or reverse (the writer keeps it, the others move)";
+
 disk
   .command("create <name>")
   .description("create a thin disk: all zero, no storage used until written")
   .requiredOption("--size <size>", "virtual size (bytes or K/M/G/T/P, binary)", sizeOption)
   .option("--segment-size <size>", "segment size, a power of two from 64K to 1G (default 1M)", sizeOption)
+  .option("--mode <mode>", MODE_HELP, modeOption)
   .option("--json", "print JSON")
-  .action(async (name: string, options: { size: number; segmentSize?: number; json?: boolean }) => {
-    const created = await withController((client) => client.request("disk.create", { name, size: options.size, segmentSize: options.segmentSize }));
+  .action(async (name: string, options: { size: number; segmentSize?: number; mode?: DiskMode; json?: boolean }) => {
+    const created = await withController((client) =>
+      client.request("disk.create", { name, size: options.size, segmentSize: options.segmentSize, mode: options.mode }),
+    );
     print(!!options.json, created, () => `created disk ${created.name}: ${formatSize(created.size)}, segments of ${formatSize(created.segmentSize)}`);
   });
 
 disk
   .command("list")
-  .description("list disks")
+  .description("list disks, with the disk each snapshot was taken from")
   .option("--json", "print JSON")
   .action(async (options: { json?: boolean }) => {
     const disks = await withController((client) => client.request("disk.list", {}));
     print(!!options.json, disks, () =>
       table(
-        ["NAME", "SIZE", "SEGMENT", "ALLOCATED"],
-        disks.map((d) => [d.name, formatSize(d.size), formatSize(d.segmentSize), formatSize(d.allocatedBytes)]),
+        ["NAME", "SIZE", "SEGMENT", "MODE", "PARENT", "ALLOCATED", "EXCLUSIVE", "SHARED"],
+        disks.map((d) => [
+          d.name,
+          formatSize(d.size),
+          formatSize(d.segmentSize),
+          d.mode,
+          d.parent ?? "-",
+          formatSize(d.allocatedBytes),
+          formatSize(d.exclusiveBytes),
+          formatSize(d.sharedBytes),
+        ]),
       ),
     );
   });
@@ -125,7 +145,9 @@ disk
         `name:       ${info.name}`,
         `size:       ${formatSize(info.size)} (${info.size} bytes)`,
         `segment:    ${formatSize(info.segmentSize)}`,
-        `allocated:  ${formatSize(info.allocatedBytes)}`,
+        `mode:       ${info.mode}`,
+        `parent:     ${info.parent ?? "-"}`,
+        `allocated:  ${formatSize(info.allocatedBytes)} (exclusive ${formatSize(info.exclusiveBytes)}, shared ${formatSize(info.sharedBytes)})`,
       ].join("\n"),
     );
   });
@@ -136,6 +158,40 @@ disk
   .action(async (name: string) => {
     const result = await withController((client) => client.request("disk.delete", { name }));
     console.log(`deleted disk ${name}; freed ${formatSize(result.freedBytes)}`);
+  });
+
+disk
+  .command("rollback <disk> <snapshot>")
+  .description("make a disk a copy of one of its snapshots again (a table copy; no data moves)")
+  .action(async (name: string, snapshot: string) => {
+    await withController((client) => client.request("disk.rollback", { name, snapshot }));
+    console.log(`rolled ${name} back to ${snapshot}`);
+  });
+
+disk
+  .command("diff <a> <b>")
+  .description("byte ranges where two disks of one family differ, from their tables (no data is read)")
+  .option("--json", "print JSON: a list of {offset, length}")
+  .action(async (a: string, b: string, options: { json?: boolean }) => {
+    const result = await withController((client) => client.request("disk.diff", { a, b }));
+    print(!!options.json, result.ranges, () =>
+      table(["OFFSET", "LENGTH"], result.ranges.map((range) => [String(range.offset), String(range.length)])),
+    );
+  });
+
+const snapshot = program.command("snapshot").description("snapshots: instant, space-efficient copies of disks");
+
+snapshot
+  .command("create <source> <name>")
+  .description("snapshot a disk; the snapshot is itself a disk (exported, writable)")
+  .option("--mode <mode>", `${MODE_HELP}; default: the source's`, modeOption)
+  .option("--invalidate", "make agents reload the source's entries (Invalid) instead of setting No-write")
+  .option("--json", "print JSON")
+  .action(async (source: string, name: string, options: { mode?: DiskMode; invalidate?: boolean; json?: boolean }) => {
+    const created = await withController((client) =>
+      client.request("snapshot.create", { source, name, mode: options.mode, invalidate: options.invalidate }),
+    );
+    print(!!options.json, created, () => `created snapshot ${created.name} of ${source}: ${formatSize(created.size)}, ${created.mode} delta`);
   });
 
 const lun = program.command("lun").description("storage containers (LUNs) of the pool");

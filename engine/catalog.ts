@@ -2,32 +2,68 @@
 // change is a log record applied through `apply`, both live (after the record is appended) and on
 // recovery (replaying the log), so the two can never disagree.
 import { DiskTable } from "./disk-table.ts";
-import { NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
-import { array, bool, object, oneOf, str, tuple, uint, type Infer, type Schema } from "./wire/schema.ts";
+import { RefCounts } from "./refcounts.ts";
+import { DISK_MODES, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
+import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./wire/schema.ts";
 import { assert } from "./util/assert.ts";
-import { SEGMENT_SHIFT_MAX, SEGMENT_SHIFT_MIN } from "../wasm/entry.ts";
+import {
+  ENTRY_NO_WRITE,
+  SEGMENT_SHIFT_MAX,
+  SEGMENT_SHIFT_MIN,
+  entryContainer,
+  entryLocation,
+  entryOffsetBytes,
+  entryState,
+  hasLocation,
+  withState,
+} from "../wasm/entry.ts";
 
 const lunRecord = object({ t: oneOf("lun"), id: uint(4095), path: str(PATH_LENGTH_MAX), size: uint(), knownZero: bool });
 const highWaterRecord = object({ t: oneOf("hwm"), lun: uint(4095), bytes: uint() });
+export type DiskMode = (typeof DISK_MODES)[number];
+const diskId = uint(2 ** 32 - 1);
+const diskName = str(NAME_LENGTH_MAX, NAME_PATTERN);
+
 const diskRecord = object({
   t: oneOf("disk"),
-  id: uint(2 ** 32 - 1),
-  name: str(NAME_LENGTH_MAX, NAME_PATTERN),
+  id: diskId,
+  name: diskName,
   size: uint(),
   segmentShift: uint(SEGMENT_SHIFT_MAX),
+  mode: optional(oneOf(...DISK_MODES)),
+  /** The disk this one was snapshotted from, and the family of disks that may share segments. */
+  parent: optional(diskId),
+  family: optional(diskId),
 });
-const deleteDiskRecord = object({ t: oneOf("rmdisk"), id: uint(2 ** 32 - 1) });
+const deleteDiskRecord = object({ t: oneOf("rmdisk"), id: diskId });
 const mapRecord = object({
   t: oneOf("map"),
-  disk: uint(2 ** 32 - 1),
+  disk: diskId,
   first: uint(2 ** 32 - 1),
   runs: array(tuple<[number, number]>(uint(), uint(2 ** 32)), RUNS_PER_MESSAGE_MAX),
 });
+/** Step 310: No-write on every entry with a location, for each disk listed. */
+const noWriteRecord = object({ t: oneOf("nw"), disks: array(diskId, DISKS_MAX) });
+/** Step 330: new disks whose tables are copies of their sources' (No-write included). */
+const cloneRecord = object({
+  t: oneOf("clone"),
+  disks: array(object({ source: diskId, id: diskId, name: diskName, mode: oneOf(...DISK_MODES) }), DISKS_MAX),
+});
+/** A disk's table replaced by a copy of another disk's (rollback to a snapshot). */
+const rollbackRecord = object({ t: oneOf("rollback"), disk: diskId, from: diskId });
 
 export type LunRecord = Infer<typeof lunRecord>;
 export type DiskRecord = Infer<typeof diskRecord>;
 export type MapRecord = Infer<typeof mapRecord>;
-export type LogRecord = LunRecord | Infer<typeof highWaterRecord> | DiskRecord | Infer<typeof deleteDiskRecord> | MapRecord;
+export type LogRecord =
+  | LunRecord
+  | Infer<typeof highWaterRecord>
+  | DiskRecord
+  | Infer<typeof deleteDiskRecord>
+  | MapRecord
+  | Infer<typeof noWriteRecord>
+  | Infer<typeof cloneRecord>
+  | Infer<typeof rollbackRecord>;
 
 const recordSchemas: Record<string, Schema<LogRecord>> = {
   lun: lunRecord,
@@ -35,6 +71,9 @@ const recordSchemas: Record<string, Schema<LogRecord>> = {
   disk: diskRecord,
   rmdisk: deleteDiskRecord,
   map: mapRecord,
+  nw: noWriteRecord,
+  clone: cloneRecord,
+  rollback: rollbackRecord,
 };
 
 export interface Lun {
@@ -50,7 +89,18 @@ export interface Disk {
   name: string;
   size: number;
   segmentShift: number;
+  mode: DiskMode;
+  parent: number | null;
+  /** Disks of one family (a disk and its snapshots and clones) are the only ones that share segments. */
+  family: number;
   table: DiskTable;
+}
+
+/** A storage segment whose last reference went away. */
+export interface Freed {
+  lun: number;
+  offset: number;
+  shift: number;
 }
 
 /** Validates a record read back from the log; throws a TypeError naming the problem. */
@@ -64,6 +114,7 @@ export function parseRecord(value: unknown): LogRecord {
 export class Catalog {
   readonly luns = new Map<number, Lun>();
   readonly disks = new Map<number, Disk>();
+  readonly refs = new RefCounts();
   private nextDiskId = 1;
 
   diskByName(name: string): Disk | undefined {
@@ -81,40 +132,120 @@ export class Catalog {
     return id;
   }
 
-  apply(record: LogRecord): void {
+  /**
+   * Applies one record. Returns the segments it left unreferenced; the caller frees them once the
+   * record is durable (on recovery the pool is rebuilt from the tables instead).
+   */
+  apply(record: LogRecord): Freed[] {
+    const freed: Freed[] = [];
     switch (record.t) {
       case "lun":
         assert(!this.luns.has(record.id), `container ${record.id} added twice`);
         this.luns.set(record.id, { id: record.id, path: record.path, size: record.size, highWater: record.knownZero ? 0 : record.size });
-        return;
+        break;
       case "hwm": {
         const lun = this.luns.get(record.lun);
         assert(lun, `high-water mark for unknown container ${record.lun}`);
         lun.highWater = Math.max(lun.highWater, Math.min(record.bytes, lun.size));
-        return;
+        break;
       }
       case "disk":
         assert(!this.disks.has(record.id), `disk ${record.id} created twice`);
         assert(record.segmentShift >= SEGMENT_SHIFT_MIN, `disk ${record.name}: segment shift ${record.segmentShift} too small`);
-        this.disks.set(record.id, {
+        this.addDisk({
           id: record.id,
           name: record.name,
           size: record.size,
           segmentShift: record.segmentShift,
+          mode: record.mode ?? "forward",
+          parent: record.parent ?? null,
+          family: record.family ?? record.id,
           table: new DiskTable(Math.ceil(record.size / 2 ** record.segmentShift)),
         });
-        this.nextDiskId = Math.max(this.nextDiskId, record.id + 1);
-        return;
-      case "rmdisk":
-        assert(this.disks.delete(record.id), `deleting unknown disk ${record.id}`);
-        return;
+        break;
+      case "rmdisk": {
+        const disk = this.disk(record.id);
+        for (const [, word] of disk.table.locations()) this.release(word, disk.segmentShift, freed);
+        this.disks.delete(record.id);
+        break;
+      }
       case "map": {
-        const disk = this.disks.get(record.disk);
-        assert(disk, `mapping for unknown disk ${record.disk}`);
-        disk.table.setRuns(record.first, record.runs);
-        return;
+        const disk = this.disk(record.disk);
+        let index = record.first;
+        for (const [word, count] of record.runs) {
+          for (let i = 0; i < count; i += 1) this.setEntry(disk, index + i, word, freed);
+          index += count;
+        }
+        break;
+      }
+      case "nw":
+        for (const id of record.disks) {
+          const disk = this.disk(id);
+          for (const [index, word] of [...disk.table.locations()]) {
+            if ((entryState(word) & ENTRY_NO_WRITE) === 0) disk.table.set(index, withState(word, entryState(word) | ENTRY_NO_WRITE));
+          }
+        }
+        break;
+      case "clone":
+        for (const { source, id, name, mode } of record.disks) {
+          const from = this.disk(source);
+          assert(!this.disks.has(id), `disk ${id} created twice`);
+          const disk: Disk = { ...from, id, name, mode, parent: from.id, table: new DiskTable(from.table.entryCount) };
+          disk.table.copyFrom(from.table);
+          for (const [, word] of disk.table.locations()) this.refs.add(entryContainer(word), entryOffsetBytes(word), 1);
+          this.addDisk(disk);
+        }
+        break;
+      case "rollback": {
+        const disk = this.disk(record.disk);
+        const from = this.disk(record.from);
+        assert(disk.family === from.family && disk.table.entryCount === from.table.entryCount, "rollback between unrelated disks");
+        for (const [, word] of disk.table.locations()) this.release(word, disk.segmentShift, freed);
+        disk.table.copyFrom(from.table);
+        for (const [, word] of disk.table.locations()) this.refs.add(entryContainer(word), entryOffsetBytes(word), 1);
+        break;
       }
     }
+    return freed;
+  }
+
+  private addDisk(disk: Disk): void {
+    this.disks.set(disk.id, disk);
+    this.nextDiskId = Math.max(this.nextDiskId, disk.id + 1);
+  }
+
+  disk(id: number): Disk {
+    const disk = this.disks.get(id);
+    assert(disk, `unknown disk ${id}`);
+    return disk;
+  }
+
+  /** Replaces one entry, keeping the reference counts of the old and new locations right. */
+  private setEntry(disk: Disk, index: number, word: number, freed: Freed[]): void {
+    const old = disk.table.get(index);
+    if (old === word) return;
+    if (hasLocation(word)) this.refs.add(entryContainer(word), entryOffsetBytes(word), 1);
+    if (hasLocation(old)) this.release(old, disk.segmentShift, freed);
+    disk.table.set(index, word);
+  }
+
+  private release(word: number, shift: number, freed: Freed[]): void {
+    const lun = entryContainer(word);
+    const offset = entryOffsetBytes(word);
+    if (this.refs.add(lun, offset, -1) === 0) freed.push({ lun, offset, shift });
+  }
+
+  /** How many entries (over all disks) point at the location of `word`. */
+  references(word: number): number {
+    return hasLocation(word) ? this.refs.get(entryContainer(word), entryOffsetBytes(word)) : 0;
+  }
+
+  /** The other disks of the family whose entry `index` holds the same location as `word`. */
+  sharers(disk: Disk, index: number, word: number): Disk[] {
+    const location = entryLocation(word);
+    return [...this.disks.values()].filter(
+      (other) => other !== disk && other.family === disk.family && index < other.table.entryCount && entryLocation(other.table.get(index)) === location,
+    );
   }
 
   /** The records that recreate the current state: what compaction writes. */
@@ -124,7 +255,16 @@ export class Catalog {
       yield { t: "hwm", lun: lun.id, bytes: lun.highWater };
     }
     for (const disk of this.disks.values()) {
-      yield { t: "disk", id: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift };
+      yield {
+        t: "disk",
+        id: disk.id,
+        name: disk.name,
+        size: disk.size,
+        segmentShift: disk.segmentShift,
+        mode: disk.mode,
+        parent: disk.parent ?? undefined,
+        family: disk.family,
+      };
       let batch: MapRecord | null = null;
       for (const [index, word] of disk.table.nonZero()) {
         if (batch && batch.first + batch.runs.length === index && batch.runs.length < RUNS_PER_MESSAGE_MAX) {

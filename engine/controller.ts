@@ -3,7 +3,10 @@
 import { existsSync, mkdirSync, statSync, closeSync, openSync, ftruncateSync, fsyncSync } from "node:fs";
 import { dirname, join, resolve as resolvePath } from "node:path";
 import { AppendLog } from "./log/append-log.ts";
-import { Catalog, parseRecord, type Disk, type LogRecord } from "./catalog.ts";
+import { Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
+import { failpoint } from "./failpoints.ts";
+import { FaultResolver, type FaultAnswer } from "./faults.ts";
+import { createSnapshots, diff, rollback, type SnapshotContext } from "./snapshots.ts";
 import { Pool } from "./pool.ts";
 import { KeyedMutex } from "./util/mutex.ts";
 import { formatAddress, type Address } from "./util/address.ts";
@@ -12,22 +15,19 @@ import {
   agentRequests,
   controllerRequests,
   CONTAINERS_MAX,
+  DIFF_RANGES_MAX,
   DISKS_MAX,
   PROTOCOL_VERSION,
   type ArgsOf,
   type ControllerRequests,
   type DiskSummary,
   type LunSummary,
+  type SettableState,
 } from "./wire/messages.ts";
-import { Peer, RequestError } from "./wire/peer.ts";
+import { ConnectionClosedError, Peer, RequestError } from "./wire/peer.ts";
 import { listen, removeStaleSocket, type Listener } from "./wire/transport.ts";
 import {
   CONTAINER_BYTES_MAX,
-  ZERO_WORD,
-  entryContainer,
-  entryOffsetBytes,
-  hasLocation,
-  mappedWord,
   SEGMENT_SHIFT_MAX,
   SEGMENT_SHIFT_MIN,
 } from "../wasm/entry.ts";
@@ -64,7 +64,20 @@ export class Controller {
   private readonly catalog = new Catalog();
   private readonly pool = new Pool(this.catalog);
   private readonly agents = new Map<string, AgentLink>();
-  private readonly diskLocks = new KeyedMutex<number>();
+  /** Disks of one family may share segments, so their table changes are serialised together. */
+  private readonly familyLocks = new KeyedMutex<number>();
+  private readonly context: SnapshotContext = {
+    catalog: this.catalog,
+    pool: this.pool,
+    persist: (records) => this.persistRecords(records),
+    release: (freed) => this.releaseSegments(freed),
+    pushEntries: (disk, segments, options) => this.pushEntries(disk, segments, options),
+    pushStates: (disk, set, blocking) => this.pushStates(disk, set, blocking),
+    exportDisk: (disk) => this.exportDisk(disk),
+    newDiskId: () => this.catalog.newDiskId(),
+    failpoint,
+  };
+  private readonly faults = new FaultResolver(this.context);
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private listener: Listener | null = null;
   private log!: AppendLog;
@@ -191,6 +204,12 @@ export class Controller {
         return this.summary(this.diskNamed((args as { name: string }).name));
       case "disk.delete":
         return this.deleteDisk((args as { name: string }).name);
+      case "snapshot.create":
+        return this.createSnapshot(args as ArgsOf<ControllerRequests, "snapshot.create">);
+      case "disk.rollback":
+        return this.rollbackDisk(args as ArgsOf<ControllerRequests, "disk.rollback">);
+      case "disk.diff":
+        return this.diffDisks(args as ArgsOf<ControllerRequests, "disk.diff">);
       case "lun.add": {
         const { path, size } = args as ArgsOf<ControllerRequests, "lun.add">;
         return this.catalogLock.run("catalog", () => this.addLun(resolvePath(path), size));
@@ -215,12 +234,19 @@ export class Controller {
   }
 
   private summary(disk: Disk): DiskSummary {
+    const segmentSize = 2 ** disk.segmentShift;
+    let exclusive = 0;
+    for (const [, word] of disk.table.locations()) if (this.catalog.references(word) === 1) exclusive += 1;
     return {
       id: disk.id,
       name: disk.name,
       size: disk.size,
-      segmentSize: 2 ** disk.segmentShift,
-      allocatedBytes: disk.table.locatedCount * 2 ** disk.segmentShift,
+      segmentSize,
+      mode: disk.mode,
+      parent: disk.parent === null ? undefined : this.catalog.disks.get(disk.parent)?.name,
+      allocatedBytes: disk.table.locatedCount * segmentSize,
+      exclusiveBytes: exclusive * segmentSize,
+      sharedBytes: (disk.table.locatedCount - exclusive) * segmentSize,
     };
   }
 
@@ -241,12 +267,11 @@ export class Controller {
       throw refuse(`size ${formatSize(args.size)} needs more than ${DISK_ENTRIES_MAX} segments of ${formatSize(segmentSize)}`);
     }
     return this.catalogLock.run("catalog", async () => {
-      if (this.catalog.diskByName(args.name)) throw new RequestError("EEXIST", `Cannot create disk "${args.name}": a disk with that name exists`);
-      if (this.catalog.disks.size >= DISKS_MAX) throw refuse(`the limit of ${DISKS_MAX} disks is reached`);
+      this.checkNewName(args.name);
       const id = this.catalog.newDiskId();
-      await this.persist([{ t: "disk", id, name: args.name, size: args.size, segmentShift: shift }]);
-      const disk = this.catalog.disks.get(id)!;
-      await Promise.all([...this.agents.values()].map((agent) => this.sendTable(agent, disk)));
+      await this.persistRecords([{ t: "disk", id, name: args.name, size: args.size, segmentShift: shift, mode: args.mode ?? "forward" }]);
+      const disk = this.catalog.disk(id);
+      await this.exportDisk(disk);
       return this.summary(disk);
     });
   }
@@ -254,23 +279,62 @@ export class Controller {
   private async deleteDisk(name: string): Promise<{ freedBytes: number }> {
     return this.catalogLock.run("catalog", async () => {
       const disk = this.diskNamed(name);
-      return this.diskLocks.run(disk.id, async () => {
+      return this.familyLocks.run(disk.family, async () => {
         // Agents drop the table and finish their I/O to it before any segment is freed.
         await Promise.all(
           this.agentsOf(disk.id).map(async (agent) => {
-            await agent.peer.request("delete_table", { disk: disk.id, blocking: true });
+            await this.toAgent(agent, () => agent.peer.request("delete_table", { disk: disk.id, blocking: true }));
             agent.disks.delete(disk.id);
           }),
         );
-        const freed: [lun: number, offset: number][] = [];
-        for (const [, word] of disk.table.nonZero()) {
-          if (hasLocation(word)) freed.push([entryContainer(word), entryOffsetBytes(word)]);
-        }
-        await this.persist([{ t: "rmdisk", id: disk.id }]);
-        for (const [lun, offset] of freed) this.pool.release(lun, offset, disk.segmentShift);
-        return { freedBytes: freed.length * 2 ** disk.segmentShift };
+        const freed = await this.persistRecords([{ t: "rmdisk", id: disk.id }]);
+        this.releaseSegments(freed);
+        return { freedBytes: freed.reduce((sum, block) => sum + 2 ** block.shift, 0) };
       });
     });
+  }
+
+  private async createSnapshot(args: ArgsOf<ControllerRequests, "snapshot.create">): Promise<DiskSummary> {
+    return this.catalogLock.run("catalog", async () => {
+      const source = this.diskNamed(args.source);
+      this.checkNewName(args.name);
+      const [created] = await this.familyLocks.run(source.family, () =>
+        createSnapshots(this.context, [{ source, name: args.name, mode: args.mode ?? source.mode, invalidate: args.invalidate ?? false }]),
+      );
+      return this.summary(created!);
+    });
+  }
+
+  private async rollbackDisk(args: ArgsOf<ControllerRequests, "disk.rollback">): Promise<DiskSummary> {
+    return this.catalogLock.run("catalog", async () => {
+      const disk = this.diskNamed(args.name);
+      const snapshot = this.diskNamed(args.snapshot);
+      if (disk === snapshot || disk.family !== snapshot.family || disk.size !== snapshot.size) {
+        throw new RequestError("EINVAL", `Cannot roll ${disk.name} back to ${snapshot.name}: it is not a snapshot or clone of the same disk`);
+      }
+      await this.familyLocks.run(disk.family, () => rollback(this.context, disk, snapshot));
+      return this.summary(disk);
+    });
+  }
+
+  private diffDisks(args: ArgsOf<ControllerRequests, "disk.diff">): { segmentSize: number; ranges: { offset: number; length: number }[] } {
+    const a = this.diskNamed(args.a);
+    const b = this.diskNamed(args.b);
+    if (a.size !== b.size || a.segmentShift !== b.segmentShift) {
+      throw new RequestError("EINVAL", `Cannot diff ${a.name} and ${b.name}: their sizes or segment sizes differ`);
+    }
+    const ranges = diff(a, b);
+    if (ranges.length > DIFF_RANGES_MAX) throw new RequestError("E2BIG", `the diff has more than ${DIFF_RANGES_MAX} ranges`);
+    return { segmentSize: 2 ** a.segmentShift, ranges };
+  }
+
+  private checkNewName(name: string): void {
+    if (this.catalog.diskByName(name)) throw new RequestError("EEXIST", `Cannot create disk "${name}": a disk with that name exists`);
+    if (this.catalog.disks.size >= DISKS_MAX) throw new RequestError("EINVAL", `Cannot create disk "${name}": the limit of ${DISKS_MAX} disks is reached`);
+  }
+
+  private async exportDisk(disk: Disk): Promise<void> {
+    await Promise.all([...this.agents.values()].map((agent) => this.toAgent(agent, () => this.sendTable(agent, disk))));
   }
 
   private async addLun(path: string, size: number): Promise<LunSummary> {
@@ -281,18 +345,10 @@ export class Controller {
     }
     const created = createContainerFile(path, size);
     const id = this.catalog.newLunId();
-    await this.persist([{ t: "lun", id, path, size, knownZero: created }]);
+    await this.persistRecords([{ t: "lun", id, path, size, knownZero: created }]);
     this.pool.addLun(this.catalog.luns.get(id)!);
     await Promise.all([...this.agents.values()].map((agent) => agent.peer.request("add_container", { id, path })));
     return this.lunSummary(id);
-  }
-
-  /** Appends records, applies them, and waits until they are durable. */
-  private async persist(records: LogRecord[]): Promise<void> {
-    for (const record of records) this.log.append(record);
-    for (const record of records) this.catalog.apply(record);
-    await this.log.commit();
-    this.maybeCompact();
   }
 
   private maybeCompact(): void {
@@ -309,74 +365,71 @@ export class Controller {
       });
   }
 
-  // ---- Faults (R5) ----
+  // ---- Table changes shared by faults and snapshots ----
 
-  private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">) {
+  private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">): Promise<FaultAnswer> {
     const disk = this.catalog.disks.get(args.disk);
-    if (!disk) return { action: "error" as const, errno: "EIO" as const };
-    const entryCount = disk.table.entryCount;
-    if (args.first > args.last || args.last >= entryCount || args.offset + args.length > disk.size) {
+    if (!disk) return { action: "error", errno: "EIO" };
+    if (args.first > args.last || args.last >= disk.table.entryCount || args.offset + args.length > disk.size) {
       throw new RequestError("EINVAL", `fault on disk ${disk.name}: segments ${args.first}..${args.last} or range outside the disk`);
     }
-    return this.diskLocks.run(disk.id, async () => {
-      if (!this.catalog.disks.has(disk.id)) return { action: "error" as const, errno: "EIO" as const };
-      if (args.op === "write") {
-        const allocated = await this.allocateZeroSegments(disk, args.first, args.last, args.offset, args.length);
-        if (!allocated) return { action: "error" as const, errno: "ENOSPC" as const };
-        if (allocated.length > 0) await this.pushEntries(disk, allocated, agent);
-      }
-      return { action: "retry" as const, first: args.first, runs: disk.table.runs(args.first, args.last - args.first + 1) };
+    return this.familyLocks.run(disk.family, async () => {
+      if (this.catalog.disks.get(disk.id) !== disk) return { action: "error", errno: "EIO" };
+      return this.faults.resolve(disk, args, agent);
     });
   }
 
-  /**
-   * Gives every Z segment in [first, last] a fresh storage segment (R13). Parts the host write
-   * does not cover are zeroed when the block may hold old data. Returns the changed segments, or
-   * null when the pool is full (nothing is changed then).
-   */
-  private async allocateZeroSegments(disk: Disk, first: number, last: number, offset: number, length: number): Promise<number[] | null> {
-    const segmentSize = 2 ** disk.segmentShift;
-    const records: LogRecord[] = [];
-    const taken: { segment: number; lun: number; offset: number }[] = [];
-    const dirtyLuns = new Set<number>();
-    for (let segment = first; segment <= last; segment += 1) {
-      if (disk.table.get(segment) !== ZERO_WORD) continue;
-      const block = this.pool.allocate(disk.segmentShift);
-      if (!block) {
-        for (const undo of taken) this.pool.release(undo.lun, undo.offset, disk.segmentShift);
-        return null;
-      }
-      taken.push({ segment, lun: block.lun, offset: block.offset });
-      const highWater = this.pool.highWaterNeeded(block.lun, block.offset + segmentSize);
-      if (highWater !== null) records.push({ t: "hwm", lun: block.lun, bytes: highWater });
-      if (block.dirty) {
-        const segmentStart = segment * segmentSize;
-        const coveredFrom = Math.max(offset, segmentStart) - segmentStart;
-        const coveredTo = Math.min(offset + length, segmentStart + segmentSize) - segmentStart;
-        if (coveredFrom > 0) this.pool.zero(block.lun, block.offset, coveredFrom);
-        if (coveredTo < segmentSize) this.pool.zero(block.lun, block.offset + coveredTo, segmentSize - coveredTo);
-        dirtyLuns.add(block.lun);
-      }
-      records.push({ t: "map", disk: disk.id, first: segment, runs: [[mappedWord(block.lun, block.offset), 1]] });
-    }
-    // Zeroes must be on disk before the mapping that exposes them is.
-    for (const lun of dirtyLuns) this.pool.sync(lun);
-    if (records.length > 0) await this.persist(records);
-    return taken.map((block) => block.segment);
+  private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
+    if (records.length === 0) return [];
+    const freed: Freed[] = [];
+    for (const record of records) this.log.append(record);
+    for (const record of records) freed.push(...this.catalog.apply(record));
+    await this.log.commit();
+    this.maybeCompact();
+    return freed;
   }
 
-  /** Sends the new entries to every other agent mapping the disk and waits until they apply them. */
-  private async pushEntries(disk: Disk, segments: number[], except: AgentLink): Promise<void> {
-    const others = this.agentsOf(disk.id, except);
+  private releaseSegments(freed: Freed[]): void {
+    for (const { lun, offset, shift } of freed) this.pool.release(lun, offset, shift);
+  }
+
+  /** Sends entries to a disk's agents as runs over contiguous segments, and waits for them. */
+  private async pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
+    const ranges: [first: number, count: number][] = [];
+    for (const segment of [...segments].sort((a, b) => a - b)) {
+      const last = ranges[ranges.length - 1];
+      if (last && last[0] + last[1] === segment) last[1] += 1;
+      else ranges.push([segment, 1]);
+    }
     await Promise.all(
-      others.flatMap((agent) =>
-        segments.map((segment) =>
-          agent.peer
-            .request("set_entry", { disk: disk.id, first: segment, runs: disk.table.runs(segment, 1), blocking: false })
-            .catch((error: Error) => this.say(`agent ${agent.id}: set_entry failed: ${error.message}`)),
+      this.agentsOf(disk.id, options.except as AgentLink | undefined).flatMap((agent) =>
+        ranges.map(([first, count]) =>
+          this.toAgent(agent, () => agent.peer.request("set_entry", { disk: disk.id, first, runs: disk.table.runs(first, count), blocking: options.blocking })),
         ),
       ),
     );
+  }
+
+  private async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
+    const count = disk.table.entryCount;
+    await Promise.all(
+      this.agentsOf(disk.id).map((agent) =>
+        this.toAgent(agent, () => agent.peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking })),
+      ),
+    );
+  }
+
+  /**
+   * Runs a command on an agent. An agent whose connection is gone reloads every table when it
+   * registers again, so it misses nothing; any other failure is reported.
+   */
+  private async toAgent(agent: AgentLink, command: () => Promise<unknown>): Promise<void> {
+    try {
+      await command();
+    } catch (error) {
+      if (error instanceof ConnectionClosedError) return;
+      throw error;
+    }
   }
 }
 

@@ -71,6 +71,19 @@ export class DiskTable {
     return runs;
   }
 
+  /** Replaces this table's contents with a copy of `source` (same entry count). */
+  copyFrom(source: DiskTable): void {
+    assert(source.entryCount === this.entryCount, "tables of different sizes");
+    this.pages.clear();
+    for (const [pageNumber, page] of source.pages) this.pages.set(pageNumber, page.slice());
+    this.located = source.located;
+  }
+
+  /** Every entry that holds a storage location, in index order. */
+  *locations(): Generator<[index: number, word: number]> {
+    for (const [index, word] of this.nonZero()) if (hasLocation(word)) yield [index, word];
+  }
+
   /** Every entry that is not Z, in index order. */
   *nonZero(): Generator<[index: number, word: number]> {
     const pageNumbers = [...this.pages.keys()].sort((a, b) => a - b);

@@ -1,14 +1,15 @@
 // The storage pool: every container (LUN) with its allocator and an open file for the few data
 // operations the controller does itself (zeroing a reused segment before it is mapped).
-import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
+import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
 import { BuddyAllocator } from "./allocator.ts";
 import type { Catalog, Lun } from "./catalog.ts";
-import { entryContainer, entryOffsetBytes, hasLocation } from "../wasm/entry.ts";
+import { entryContainer, entryLocation, entryOffsetBytes } from "../wasm/entry.ts";
 import { assert } from "./util/assert.ts";
 
 /** How far the persisted high-water mark moves at a time, so it is rarely logged. */
 export const HIGH_WATER_STEP_BYTES = 256 * 1024 * 1024;
 const ZERO_CHUNK_BYTES = 1024 * 1024;
+const COPY_CHUNK_BYTES = 1024 * 1024;
 
 export interface Allocation {
   lun: number;
@@ -21,6 +22,7 @@ export class Pool {
   private readonly allocators = new Map<number, BuddyAllocator>();
   private readonly files = new Map<number, number>();
   private zeroChunk: Uint8Array | null = null;
+  private copyChunk: Uint8Array | null = null;
 
   constructor(private readonly catalog: Catalog) {}
 
@@ -28,9 +30,12 @@ export class Pool {
   rebuild(): void {
     const used = new Map<number, { offset: number; shift: number }[]>();
     for (const lun of this.catalog.luns.values()) used.set(lun.id, []);
+    const seen = new Set<number>();
     for (const disk of this.catalog.disks.values()) {
-      for (const [, word] of disk.table.nonZero()) {
-        if (!hasLocation(word)) continue;
+      for (const [, word] of disk.table.locations()) {
+        // A segment shared by several disks (snapshots) is one block.
+        if (seen.has(entryLocation(word))) continue;
+        seen.add(entryLocation(word));
         const blocks = used.get(entryContainer(word));
         assert(blocks, `disk ${disk.name} maps a segment on unknown container ${entryContainer(word)}`);
         blocks.push({ offset: entryOffsetBytes(word), shift: disk.segmentShift });
@@ -81,6 +86,22 @@ export class Pool {
     for (let done = 0; done < length; ) {
       const piece = Math.min(ZERO_CHUNK_BYTES, length - done);
       done += writeSync(fd, this.zeroChunk, 0, piece, offset + done);
+    }
+  }
+
+  /** Copies a segment's bytes from one place to another (not yet durable). */
+  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void {
+    const from = this.file(fromLun);
+    const to = this.file(toLun);
+    const buffer = (this.copyChunk ??= new Uint8Array(COPY_CHUNK_BYTES));
+    for (let done = 0; done < length; ) {
+      const want = Math.min(COPY_CHUNK_BYTES, length - done);
+      let got = readSync(from, buffer, 0, want, fromOffset + done);
+      // Past the end of a sparse container file reads as zeros.
+      if (got < want) buffer.fill(0, got, want);
+      got = want;
+      for (let written = 0; written < got; ) written += writeSync(to, buffer, written, got - written, toOffset + done + written);
+      done += got;
     }
   }
 

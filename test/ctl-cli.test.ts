@@ -75,7 +75,7 @@ describe("ctl errors", () => {
   test("ctl: human listings are aligned tables", async () => {
     const listed = await system.ctl(["disk", "list"]);
     expect(listed.code).toBe(0);
-    expect(listed.stdout.split("\n")[0]).toMatch(/^NAME\s+SIZE\s+SEGMENT\s+ALLOCATED$/);
-    expect(listed.stdout).toMatch(/^exists\s+1 MiB\s+1 MiB\s+0 B$/m);
+    expect(listed.stdout.split("\n")[0]).toMatch(/^NAME\s+SIZE\s+SEGMENT\s+MODE\s+PARENT\s+ALLOCATED\s+EXCLUSIVE\s+SHARED$/);
+    expect(listed.stdout).toMatch(/^exists\s+1 MiB\s+1 MiB\s+forward\s+-\s+0 B\s+0 B\s+0 B$/m);
   });
 });

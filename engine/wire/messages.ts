@@ -13,6 +13,7 @@ export const RUNS_PER_MESSAGE_MAX = 65536;
 export const ENTRIES_PER_QUERY_MAX = 65536;
 export const DISKS_MAX = 4096;
 export const CONTAINERS_MAX = 4095;
+export const DIFF_RANGES_MAX = 1 << 20;
 
 const name = str(NAME_LENGTH_MAX, NAME_PATTERN);
 const word = uint();
@@ -36,12 +37,21 @@ export const helloArgs = object({
   nbd: optional(str(PATH_LENGTH_MAX)),
 });
 
+export const DISK_MODES = ["forward", "reverse"] as const;
+const mode = oneOf(...DISK_MODES);
+
 const diskSummary = object({
   id: diskId,
   name,
   size: uint(),
   segmentSize: uint(),
+  mode,
+  /** The disk it was snapshotted from, while that disk exists. */
+  parent: optional(name),
+  /** allocatedBytes = exclusiveBytes + sharedBytes; shared segments are also used by other disks. */
   allocatedBytes: uint(),
+  exclusiveBytes: uint(),
+  sharedBytes: uint(),
 });
 export type DiskSummary = Infer<typeof diskSummary>;
 
@@ -57,15 +67,26 @@ export type LunSummary = Infer<typeof lunSummary>;
 const tableArgs = object({ disk: diskId, name, size: uint(), segmentShift: uint(63), readOnly: bool });
 export type TableArgs = Infer<typeof tableArgs>;
 
-const faultOp = oneOf("read", "write", "zero", "status");
+/** What the agent could not do alone: an I/O stopped by an entry's state, or "trim": unmap the
+ *  whole segments first..last of the disk (they become Z). */
+const faultOp = oneOf("read", "write", "zero", "status", "trim");
 export type FaultOp = Infer<typeof faultOp>;
 
 /** Requests the controller serves: from ctl, and faults from agents. */
 export const controllerRequests = {
   hello: { args: helloArgs, result: object({ version: uint(), controller: str(NAME_LENGTH_MAX) }) },
   "disk.create": {
-    args: object({ name, size: uint(), segmentSize: optional(uint()) }),
+    args: object({ name, size: uint(), segmentSize: optional(uint()), mode: optional(mode) }),
     result: diskSummary,
+  },
+  "snapshot.create": {
+    args: object({ source: name, name, mode: optional(mode), invalidate: optional(bool) }),
+    result: diskSummary,
+  },
+  "disk.rollback": { args: object({ name, snapshot: name }), result: diskSummary },
+  "disk.diff": {
+    args: object({ a: name, b: name }),
+    result: object({ segmentSize: uint(), ranges: array(object({ offset: uint(), length: uint() }), DIFF_RANGES_MAX) }),
   },
   "disk.list": { args: object({}), result: array(diskSummary, DISKS_MAX) },
   "disk.info": { args: object({ name }), result: diskSummary },

@@ -1,0 +1,180 @@
+// Resolving faults (R5) and unmapping: what the controller does when an agent could not do an I/O
+// on its own. Write to Z: allocate (R13). Write to Nw: copy-on-write, by forward delta (process
+// 400: the writer gets a new segment) or reverse delta (process 500: the writer keeps the segment,
+// every other disk sharing it moves to the copy), or, when no other disk shares the segment any
+// more, simply clear Nw. TRIM of whole segments: back to Z (R15).
+import type { Catalog, Disk, Freed, LogRecord } from "./catalog.ts";
+import type { Allocation, Pool } from "./pool.ts";
+import type { ArgsOf, ControllerRequests, ResultOf } from "./wire/messages.ts";
+import { ENTRY_NO_WRITE, ZERO_WORD, entryContainer, entryOffsetBytes, entryState, hasLocation, mappedWord, withState } from "../wasm/entry.ts";
+
+export type FaultArgs = ArgsOf<ControllerRequests, "fault">;
+export type FaultAnswer = ResultOf<ControllerRequests, "fault">;
+
+/** What fault handling needs from the controller. */
+export interface TableContext {
+  readonly catalog: Catalog;
+  readonly pool: Pool;
+  /** Appends, applies and commits records; returns the segments they left unreferenced, which
+   *  are free for others once `release`d (after no agent can still be using them). */
+  persist(records: LogRecord[]): Promise<Freed[]>;
+  release(freed: Freed[]): void;
+  /** Sends the current entries `segments` of `disk` to its agents (but `except`) and waits until
+   *  they applied them (with `blocking`, until their I/O in progress has drained too). */
+  pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void>;
+  /** Test-only crash points (see failpoints.ts). */
+  failpoint(name: string): void;
+}
+
+interface Copy {
+  segment: number;
+  from: number;
+  to: Allocation;
+}
+
+export class FaultResolver {
+  constructor(private readonly ctx: TableContext) {}
+
+  /** Resolves one fault from `agent`; the caller holds the family lock of `disk`. */
+  async resolve(disk: Disk, fault: FaultArgs, agent: object): Promise<FaultAnswer> {
+    if (fault.op === "trim") {
+      await this.unmap(disk, fault.first, fault.last);
+    } else if (fault.op === "write" || fault.op === "zero") {
+      const written = await this.makeWritable(disk, fault, agent);
+      if (!written) return { action: "error", errno: "ENOSPC" };
+    }
+    return { action: "retry", first: fault.first, runs: disk.table.runs(fault.first, fault.last - fault.first + 1) };
+  }
+
+  /** Gives every segment of the fault a writable location; false when the pool is full. */
+  private async makeWritable(disk: Disk, fault: FaultArgs, agent: object): Promise<boolean> {
+    const { catalog } = this.ctx;
+    const zero: number[] = [];
+    const exclusive: number[] = [];
+    const shared: number[] = [];
+    for (let segment = fault.first; segment <= fault.last; segment += 1) {
+      const word = disk.table.get(segment);
+      if (word === ZERO_WORD && fault.op === "write") zero.push(segment);
+      else if (hasLocation(word) && entryState(word) & ENTRY_NO_WRITE) (catalog.references(word) > 1 ? shared : exclusive).push(segment);
+    }
+    const fresh = this.allocate(disk, zero.length + shared.length);
+    if (!fresh) return false;
+    const records: LogRecord[] = [];
+    // Nobody else uses these any more (their sharers were deleted): Nw just goes.
+    for (const segment of exclusive) records.push(this.entryRecord(disk, segment, withoutNoWrite(disk.table.get(segment))));
+    for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, fault, records);
+    const copies = shared.map((segment, i) => ({ segment, from: disk.table.get(segment), to: fresh[zero.length + i]! }));
+    this.copyOldContents(disk, copies, fault);
+    // New contents (zeros, copies) must be on disk before the mapping that exposes them is.
+    for (const lun of new Set(fresh.map((block) => block.lun))) this.ctx.pool.sync(lun);
+    if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
+    else this.forwardDelta(disk, copies, records);
+    await this.ctx.persist(records);
+    this.ctx.failpoint("fault-after-persist");
+    await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
+    return true;
+  }
+
+  /** `count` fresh segments for `disk`, or null (and nothing taken) when the pool is full. */
+  private allocate(disk: Disk, count: number): Allocation[] | null {
+    const { pool } = this.ctx;
+    const taken: Allocation[] = [];
+    for (let i = 0; i < count; i += 1) {
+      const block = pool.allocate(disk.segmentShift);
+      if (!block) {
+        for (const undo of taken) pool.release(undo.lun, undo.offset, disk.segmentShift);
+        return null;
+      }
+      taken.push(block);
+    }
+    return taken;
+  }
+
+  /** A Z segment gets storage; what the write does not cover reads as zeros (R13). */
+  private prepareZeroSegment(disk: Disk, segment: number, block: Allocation, fault: FaultArgs, records: LogRecord[]): void {
+    const { pool } = this.ctx;
+    const segmentSize = 2 ** disk.segmentShift;
+    this.noteHighWater(disk, block, records);
+    if (block.dirty) {
+      const start = segment * segmentSize;
+      const coveredFrom = Math.min(segmentSize, Math.max(fault.offset, start) - start);
+      const coveredTo = Math.max(coveredFrom, Math.min(fault.offset + fault.length, start + segmentSize) - start);
+      if (coveredFrom > 0) pool.zero(block.lun, block.offset, coveredFrom);
+      if (coveredTo < segmentSize) pool.zero(block.lun, block.offset + coveredTo, segmentSize - coveredTo);
+    }
+    records.push(this.entryRecord(disk, segment, mappedWord(block.lun, block.offset)));
+  }
+
+  /** Steps 440/540: the old contents go to the new segment. A forward-delta write that covers the
+   *  whole segment needs no copy, since the faulting disk's data there is all new. */
+  private copyOldContents(disk: Disk, copies: Copy[], fault: FaultArgs): void {
+    const segmentSize = 2 ** disk.segmentShift;
+    for (const { segment, from, to } of copies) {
+      const start = segment * segmentSize;
+      const end = Math.min(start + segmentSize, disk.size);
+      const covered = fault.offset <= start && fault.offset + fault.length >= end;
+      if (disk.mode === "forward" && covered) continue;
+      this.ctx.pool.copy(entryContainer(from), entryOffsetBytes(from), to.lun, to.offset, segmentSize);
+    }
+  }
+
+  /** Process 400, step 450: the faulting disk moves to the new segment, Nw cleared; the other
+   *  disks keep the old one. */
+  private forwardDelta(disk: Disk, copies: Copy[], records: LogRecord[]): void {
+    for (const { segment, to } of copies) {
+      this.noteHighWater(disk, to, records);
+      records.push(this.entryRecord(disk, segment, mappedWord(to.lun, to.offset)));
+    }
+  }
+
+  /**
+   * Process 500: every other disk sharing the segment moves to the copy (step 550) and its agents
+   * switch, their reads of the old segment drained (560); then the faulting disk keeps its segment
+   * with Nw cleared (570; the record is left in `records` for the caller).
+   */
+  private async reverseDelta(disk: Disk, copies: Copy[], records: LogRecord[]): Promise<void> {
+    if (copies.length === 0) return;
+    const remaps: LogRecord[] = [];
+    const moved = new Map<Disk, number[]>();
+    for (const { segment, from, to } of copies) {
+      this.noteHighWater(disk, to, remaps);
+      const sharers = this.ctx.catalog.sharers(disk, segment, from);
+      // The text clears Nw on the moved entries; that is right only when one disk moves, since
+      // several disks moved together share the new segment.
+      const word = mappedWord(to.lun, to.offset, sharers.length > 1);
+      for (const other of sharers) {
+        remaps.push(this.entryRecord(other, segment, word));
+        moved.set(other, [...(moved.get(other) ?? []), segment]);
+      }
+      records.push(this.entryRecord(disk, segment, withoutNoWrite(from)));
+    }
+    await this.ctx.persist(remaps);
+    this.ctx.failpoint("reverse-after-remap");
+    await Promise.all([...moved].map(([other, segments]) => this.ctx.pushEntries(other, segments, { blocking: true })));
+  }
+
+  /** TRIM of whole segments: they become Z for this disk only; shared data stays for the others. */
+  private async unmap(disk: Disk, first: number, last: number): Promise<void> {
+    const segments: number[] = [];
+    for (let segment = first; segment <= last; segment += 1) if (disk.table.get(segment) !== ZERO_WORD) segments.push(segment);
+    if (segments.length === 0) return;
+    const freed = await this.ctx.persist(segments.map((segment) => this.entryRecord(disk, segment, ZERO_WORD)));
+    // Every agent (the asking one too) stops using the segments and drains its I/O to them before
+    // they can be given to anyone else.
+    await this.ctx.pushEntries(disk, segments, { blocking: true });
+    this.ctx.release(freed);
+  }
+
+  private noteHighWater(disk: Disk, block: Allocation, records: LogRecord[]): void {
+    const highWater = this.ctx.pool.highWaterNeeded(block.lun, block.offset + 2 ** disk.segmentShift);
+    if (highWater !== null) records.push({ t: "hwm", lun: block.lun, bytes: highWater });
+  }
+
+  private entryRecord(disk: Disk, segment: number, word: number): LogRecord {
+    return { t: "map", disk: disk.id, first: segment, runs: [[word, 1]] };
+  }
+}
+
+function withoutNoWrite(word: number): number {
+  return withState(word, entryState(word) & ~ENTRY_NO_WRITE);
+}
