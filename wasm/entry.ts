@@ -68,6 +68,12 @@ export function hasLocation(word: number): boolean {
   return (state & ENTRY_VALID) !== 0 && (state & (ENTRY_ZERO | ENTRY_ERROR)) === 0;
 }
 
+/** The location part of a word (container and offset) as one number, or -1 when it has none:
+ *  two entries share a segment when their locations are equal. */
+export function entryLocation(word: number): number {
+  return hasLocation(word) ? Math.floor(word / CONTAINER_FACTOR) : -1;
+}
+
 /** Replaces the state bits of a word, keeping its location. */
 export function withState(word: number, state: number): number {
   return word - entryState(word) + state;
