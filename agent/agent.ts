@@ -52,6 +52,8 @@ export class Agent {
   private connectedWaiters: (() => void)[] = [];
   private stopping = false;
   private nbdAddress: Address;
+  private exportsVersion = 0;
+  private readonly exportWaiters = new Map<number, { pending: number; resolve(): void }>();
   private readonly exportListeners: ((name: string, uri: string) => void)[] = [];
   private readonly say: (line: string) => void;
 
@@ -157,12 +159,25 @@ export class Agent {
     for (const worker of this.workers) this.post(worker, message);
   }
 
-  private broadcastExports(): void {
+  /** Sends the export list to every worker; resolves once all of them use it, so a host that
+   *  connects after the controller's command was answered finds the export. */
+  private broadcastExports(): Promise<void> {
     const exports: ExportEntry[] = [...this.tables.values()].map(({ entryCount: _, ...entry }) => entry);
-    this.broadcast({ type: "exports", exports });
+    const version = ++this.exportsVersion;
+    const applied = new Promise<void>((resolve) => this.exportWaiters.set(version, { pending: this.workers.length, resolve }));
+    this.broadcast({ type: "exports", exports, version });
+    return applied;
   }
 
   private onWorkerMessage(worker: Worker, message: FromWorker): void {
+    if (message.type === "exports-applied") {
+      const waiter = this.exportWaiters.get(message.version);
+      if (waiter && --waiter.pending === 0) {
+        this.exportWaiters.delete(message.version);
+        waiter.resolve();
+      }
+      return;
+    }
     if (message.type === "sync") {
       // Messages to a worker arrive in order, so it has the latest exports when it gets this.
       this.post(worker, { type: "resume", request: message.request });
@@ -260,7 +275,7 @@ export class Agent {
         const { disk } = args as ArgsOf<AgentRequests, "delete_table">;
         const table = this.table(disk);
         this.tables.delete(disk);
-        this.broadcastExports();
+        await this.broadcastExports();
         // Pages are only reused once no lookup can still be reading them, so always drain here.
         await this.retire(table);
         return {};
@@ -300,7 +315,7 @@ export class Agent {
     const stale = [...this.tables.values()].filter((table) => !this.reloaded.has(table.disk));
     for (const table of stale) this.tables.delete(table.disk);
     if (stale.length === 0) return;
-    this.broadcastExports();
+    await this.broadcastExports();
     for (const table of stale) await this.retire(table);
   }
 
@@ -323,7 +338,7 @@ export class Agent {
       entryCount,
     };
     this.tables.set(args.disk, table);
-    this.broadcastExports();
+    await this.broadcastExports();
     if (replaced) await this.retire(replaced);
     else for (const listener of this.exportListeners) listener(args.name, nbdUri(this.nbdAddress, args.name));
     return {};

@@ -23,13 +23,14 @@ export type NbdListen =
 
 export type ToWorker =
   | { type: "init"; thread: number; tables: unknown; inflight: SharedArrayBuffer; listen: NbdListen[] }
-  | { type: "exports"; exports: ExportEntry[] }
+  | { type: "exports"; exports: ExportEntry[]; version: number }
   | { type: "containers"; containers: ContainerEntry[] }
   | { type: "resume"; request: number; errno?: "EIO" | "ENOSPC" | "EPERM" | "EINVAL" }
   | { type: "stop" };
 
 export type FromWorker =
   | { type: "listening"; tcpPort?: number }
+  | { type: "exports-applied"; version: number }
   | { type: "failed"; message: string }
   | {
       type: "fault";

@@ -52,6 +52,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       return;
     case "exports":
       backend?.setExports(message.exports);
+      post({ type: "exports-applied", version: message.version });
       return;
     case "containers":
       backend?.files.update(message.containers);
