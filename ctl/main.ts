@@ -194,6 +194,21 @@ snapshot
     print(!!options.json, created, () => `created snapshot ${created.name} of ${source}: ${formatSize(created.size)}, ${created.mode} delta`);
   });
 
+program
+  .command("check")
+  .description("check the controller's tables, reference counts and allocator against each other")
+  .option("--json", "print JSON")
+  .action(async (options: { json?: boolean }) => {
+    const report = await withController((client) => client.request("check", {}));
+    print(!!options.json, report, () =>
+      [`${report.disks} disks, ${report.segments} segments in use (${formatSize(report.usedBytes)})`, ...report.problems].join("\n"),
+    );
+    if (report.problems.length > 0) {
+      process.stderr.write(`ctl: error: ${report.problems.length} problem(s) found\n`);
+      process.exitCode = 1;
+    }
+  });
+
 const lun = program.command("lun").description("storage containers (LUNs) of the pool");
 
 lun

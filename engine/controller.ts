@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, statSync, closeSync, openSync, ftruncateSync, fs
 import { dirname, join, resolve as resolvePath } from "node:path";
 import { AppendLog } from "./log/append-log.ts";
 import { Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
+import { checkConsistency } from "./check.ts";
 import { failpoint } from "./failpoints.ts";
 import { FaultResolver, type FaultAnswer } from "./faults.ts";
 import { createSnapshots, diff, rollback, type SnapshotContext } from "./snapshots.ts";
@@ -214,6 +215,8 @@ export class Controller {
         const { path, size } = args as ArgsOf<ControllerRequests, "lun.add">;
         return this.catalogLock.run("catalog", () => this.addLun(resolvePath(path), size));
       }
+      case "check":
+        return checkConsistency(this.catalog, this.pool);
       case "lun.list":
         return [...this.catalog.luns.values()].map((lun) => this.lunSummary(lun.id));
       case "agent.list":

@@ -67,10 +67,11 @@ export class FaultResolver {
     this.copyOldContents(disk, copies, fault);
     // New contents (zeros, copies) must be on disk before the mapping that exposes them is.
     for (const lun of new Set(fresh.map((block) => block.lun))) this.ctx.pool.sync(lun);
+    if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-copy`);
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
     await this.ctx.persist(records);
-    this.ctx.failpoint("fault-after-persist");
+    if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
     await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
     return true;
   }

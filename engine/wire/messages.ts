@@ -91,6 +91,10 @@ export const controllerRequests = {
   "disk.list": { args: object({}), result: array(diskSummary, DISKS_MAX) },
   "disk.info": { args: object({ name }), result: diskSummary },
   "disk.delete": { args: object({ name }), result: object({ freedBytes: uint() }) },
+  check: {
+    args: object({}),
+    result: object({ disks: uint(), segments: uint(), usedBytes: uint(), problems: array(str(4096), 100) }),
+  },
   "lun.add": { args: object({ path: str(PATH_LENGTH_MAX), size: uint() }), result: lunSummary },
   "lun.list": { args: object({}), result: array(lunSummary, CONTAINERS_MAX) },
   "agent.list": {

@@ -85,8 +85,8 @@ export function spawn(command: string[], label: string, env: Record<string, stri
   return new Child(proc, label);
 }
 
-export function spawnCtl(args: string[], label = "ctl"): Child {
-  return spawn([process.execPath, CTL, ...args], label);
+export function spawnCtl(args: string[], label = "ctl", env: Record<string, string> = {}): Child {
+  return spawn([process.execPath, CTL, ...args], label, env);
 }
 
 /** Runs ctl to completion. */

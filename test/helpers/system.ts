@@ -12,11 +12,12 @@ export interface UpSystem {
   ctl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }>;
   /** Creates a disk and waits until `ctl up` has announced its URI. */
   createDisk(name: string, size: string, extra?: string[]): Promise<string>;
+  /** Stops (with `signal`) and starts again, without the start's extra environment. */
   restart(signal?: NodeJS.Signals): Promise<void>;
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
-export async function startUp(options: { lunSize?: string; dir?: string } = {}): Promise<UpSystem> {
+export async function startUp(options: { lunSize?: string; dir?: string; env?: Record<string, string> } = {}): Promise<UpSystem> {
   const dir = options.dir ?? tempDir("tabledisk").path;
   const data = join(dir, "data");
   const control = `unix:${join(dir, "control.sock")}`;
@@ -28,7 +29,7 @@ export async function startUp(options: { lunSize?: string; dir?: string } = {}):
     data,
     control,
     nbdSocket,
-    child: spawnCtl(args, "up"),
+    child: spawnCtl(args, "up", options.env),
     uri: (name) => `nbd+unix:///${name}?socket=${nbdSocket}`,
     ctl: (rest) => ctl(["--control", control, ...rest]),
     async createDisk(name, size, extra = []) {
