@@ -4,6 +4,7 @@
 import { availableParallelism } from "node:os";
 import { SharedTables } from "../wasm/tables.ts";
 import { InflightTracker } from "./inflight.ts";
+import { QuiesceGates } from "./gates.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
 import { assert } from "../engine/util/assert.ts";
 import { nbdUri, type Address } from "../engine/util/address.ts";
@@ -46,6 +47,7 @@ export class Agent {
   private readonly containers = new Map<number, ContainerEntry>();
   private readonly freeSlots: number[] = [];
   private readonly workers: Worker[] = [];
+  private readonly gates = QuiesceGates.create(TABLE_SLOTS_MAX);
   private controller: ControllerPeer | null = null;
   /** Disks whose table the controller sent since the current connection began. */
   private reloaded = new Set<number>();
@@ -143,6 +145,7 @@ export class Agent {
         thread: index + 1,
         tables: this.shared.handle(),
         inflight: this.inflight.buffer,
+        gates: this.gates.buffer,
         listen,
       });
       this.workers.push(worker);
@@ -292,6 +295,21 @@ export class Agent {
         this.checkRange(table, first, count);
         return { states: Array.from({ length: count }, (_, i) => this.shared.getEntry(table.slot, first + i) % 16) };
       }
+      case "quiesce": {
+        const { disks, timeoutMs } = args as ArgsOf<AgentRequests, "quiesce">;
+        const tables = disks.map((disk) => this.table(disk));
+        for (const table of tables) this.gates.close(table.slot);
+        if (!(await this.inflight.drainWithin(timeoutMs))) {
+          this.openGates(tables);
+          throw new RequestError("ETIMEDOUT", `agent ${this.options.id}: I/O still in progress after ${timeoutMs} ms; quiesce abandoned`);
+        }
+        return {};
+      }
+      case "activate": {
+        const { disks } = args as ArgsOf<AgentRequests, "activate">;
+        this.openGates(disks.flatMap((disk) => this.tables.get(disk) ?? []));
+        return {};
+      }
       case "set_entry": {
         const { disk, first, runs, blocking } = args as ArgsOf<AgentRequests, "set_entry">;
         this.applyRuns(disk, first, runs, true);
@@ -344,11 +362,17 @@ export class Agent {
     return {};
   }
 
+  private openGates(tables: Table[]): void {
+    for (const table of tables) this.gates.open(table.slot);
+    this.broadcast({ type: "activate" });
+  }
+
   /** Stops lookups on an old table, waits for I/O through it to end, then frees its pages. */
   private async retire(table: Table): Promise<void> {
     this.shared.retireTable(table.slot);
     await this.inflight.drain();
     this.shared.freeTable(table.slot);
+    this.gates.open(table.slot);
     this.freeSlots.push(table.slot);
   }
 

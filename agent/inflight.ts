@@ -63,6 +63,17 @@ export class InflightTracker {
     });
   }
 
+  /** Like drain, but gives up after `timeoutMs`: true when everything in flight has ended. */
+  async drainWithin(timeoutMs: number): Promise<boolean> {
+    let timer: Timer | undefined;
+    const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+    try {
+      return await Promise.race([this.drain().then(() => true), timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   private drainFor(waiters: (() => void)[]): void {
     this.draining = true;
     this.drainOnce().then(() => {

@@ -4,6 +4,7 @@
 import { NbdError, type BlockExtent, type ExportHandle, type ExportInfo, type NbdBackend } from "./nbd/backend.ts";
 import { ContainerFiles } from "./storage.ts";
 import type { InflightTracker } from "./inflight.ts";
+import type { QuiesceGates } from "./gates.ts";
 import type { ExportEntry } from "./thread-messages.ts";
 import type { FaultOp } from "../engine/wire/messages.ts";
 import {
@@ -40,9 +41,11 @@ function faultOpOf(op: Op): FaultOp {
   return "status";
 }
 
-/** What stopped an attempt: a fault for the controller, or a table that changed under it. */
+/** What stopped an attempt: a fault for the controller, a table that changed under it, or a
+ *  quiesced disk. */
 interface Stop {
   gone: boolean;
+  quiesced?: boolean;
   first: number;
   last: number;
   state: number;
@@ -56,11 +59,23 @@ export class MappedBackend implements NbdBackend {
   private readonly byDisk = new Map<number, ExportEntry>();
   readonly files = new ContainerFiles();
 
+  private gateWaiters: (() => void)[] = [];
+
   constructor(
     readonly tables: SharedTables,
     readonly inflight: InflightTracker,
+    readonly gates: QuiesceGates,
     readonly sendFault: FaultSender,
   ) {}
+
+  /** Resolves at the next activate (the caller then looks at its gate again). */
+  gateOpened(): Promise<void> {
+    return new Promise((resolve) => this.gateWaiters.push(resolve));
+  }
+
+  activate(): void {
+    for (const waiter of this.gateWaiters.splice(0)) waiter();
+  }
 
   setExports(exports: ExportEntry[]): void {
     this.byName.clear();
@@ -242,6 +257,10 @@ class MappedExport implements ExportHandle {
     const { tables, inflight } = this.backend;
     const token = inflight.begin();
     try {
+      if (this.backend.gates.isClosed(entry.slot)) {
+        this.stop = { gone: false, quiesced: true, first: 0, last: 0, state: 0 };
+        return STOPPED;
+      }
       const status = tables.resolve(entry.slot, entry.generation, offset, length, op);
       if (status === STATUS_OK) return perform();
       if (status === STATUS_FAULT) {
@@ -260,8 +279,15 @@ class MappedExport implements ExportHandle {
   }
 
   private async retry<T>(op: Op, offset: number, length: number, perform: () => T): Promise<T> {
-    for (let attempt = 0; attempt < FAULT_RETRIES_MAX; attempt += 1) {
-      await this.backend.sendFault({ disk: this.disk, op: faultOpOf(op), offset, length, ...this.stop });
+    for (let attempt = 0; attempt < FAULT_RETRIES_MAX; ) {
+      if (this.stop.quiesced) {
+        // Held until activate; this is not a fault and does not count as a retry.
+        await this.backend.gateOpened();
+      } else {
+        const { quiesced: _, ...stop } = this.stop;
+        await this.backend.sendFault({ disk: this.disk, op: faultOpOf(op), offset, length, ...stop });
+        attempt += 1;
+      }
       const result = this.attempt(op, offset, length, perform);
       if (result !== STOPPED) return result;
     }

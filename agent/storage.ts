@@ -1,10 +1,22 @@
 // The agent's direct path to storage containers: each thread opens the container files itself and
 // does positioned reads and writes on them (pread/pwrite), with no controller in the way.
-import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
 import { NbdError } from "./nbd/backend.ts";
 import type { ContainerEntry } from "./thread-messages.ts";
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
+
+// Test-only: while the file named by TABLEDISK_STALL_WRITES_WHILE exists, storage writes stall
+// (in flight, inside the I/O's window), so tests can show what waits for in-flight I/O.
+const stallFlag = process.env.TABLEDISK_STALL_WRITES_WHILE ?? "";
+const STALL_POLL_MS = 5;
+const stallClock = new Int32Array(new SharedArrayBuffer(4));
+
+function stallWhileFlagged(): void {
+  if (stallFlag === "" || !existsSync(stallFlag)) return;
+  console.error("storage write stalled (test flag)");
+  while (existsSync(stallFlag)) Atomics.wait(stallClock, 0, 0, STALL_POLL_MS);
+}
 
 export class ContainerFiles {
   private readonly paths = new Map<number, string>();
@@ -36,6 +48,7 @@ export class ContainerFiles {
   }
 
   write(container: number, data: Uint8Array, at: number, length: number, position: number): void {
+    stallWhileFlagged();
     const fd = this.fd(container);
     let done = 0;
     while (done < length) done += this.io(container, () => writeSync(fd, data, at + done, length - done, position + done));

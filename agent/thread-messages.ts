@@ -22,7 +22,9 @@ export type NbdListen =
   | { kind: "unix"; path: string };
 
 export type ToWorker =
-  | { type: "init"; thread: number; tables: unknown; inflight: SharedArrayBuffer; listen: NbdListen[] }
+  | { type: "init"; thread: number; tables: unknown; inflight: SharedArrayBuffer; gates: SharedArrayBuffer; listen: NbdListen[] }
+  /** Gates were opened: I/O held by a quiesce looks again. */
+  | { type: "activate" }
   | { type: "exports"; exports: ExportEntry[]; version: number }
   | { type: "containers"; containers: ContainerEntry[] }
   | { type: "resume"; request: number; errno?: "EIO" | "ENOSPC" | "EPERM" | "EINVAL" }

@@ -2,6 +2,7 @@
 // the main thread only when a request faults.
 import { SharedTables, type TablesHandle } from "../wasm/tables.ts";
 import { InflightTracker } from "./inflight.ts";
+import { QuiesceGates } from "./gates.ts";
 import { MappedBackend } from "./mapped-backend.ts";
 import { NbdError } from "./nbd/backend.ts";
 import { startNbdServer, type NbdServer } from "./nbd/server.ts";
@@ -29,7 +30,8 @@ function ask(message: Extract<FromWorker, { request: number }>): Promise<void> {
 async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void> {
   const tables = SharedTables.attach(message.tables as TablesHandle, message.thread);
   const inflight = InflightTracker.attach(message.inflight, message.thread);
-  backend = new MappedBackend(tables, inflight, (fault) => {
+  const gates = QuiesceGates.attach(message.gates);
+  backend = new MappedBackend(tables, inflight, gates, (fault) => {
     const request = nextRequest++;
     if (fault.gone) return ask({ type: "sync", request });
     const { gone: _, ...rest } = fault;
@@ -53,6 +55,9 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
     case "exports":
       backend?.setExports(message.exports);
       post({ type: "exports-applied", version: message.version });
+      return;
+    case "activate":
+      backend?.activate();
       return;
     case "containers":
       backend?.files.update(message.containers);

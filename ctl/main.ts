@@ -209,6 +209,21 @@ program
     }
   });
 
+snapshot
+  .command("group <pairs...>")
+  .description("snapshot several disks at one point in time: SOURCE=NAME for each")
+  .option("--timeout <ms>", "how long agents may take to finish their I/O in progress", countOption)
+  .option("--json", "print JSON")
+  .action(async (pairs: string[], options: { timeout?: number; json?: boolean }) => {
+    const parsed = pairs.map((pair) => {
+      const match = /^([^=]+)=([^=]+)$/.exec(pair);
+      if (!match) throw new InvalidArgumentError(`"${pair}" is not SOURCE=NAME`);
+      return { source: match[1]!, name: match[2]! };
+    });
+    const created = await withController((client) => client.request("snapshot.group", { pairs: parsed, timeoutMs: options.timeout }));
+    print(!!options.json, created, () => created.map((disk) => `created snapshot ${disk.name} of ${disk.parent ?? "?"}`).join("\n"));
+  });
+
 const lun = program.command("lun").description("storage containers (LUNs) of the pool");
 
 lun

@@ -42,6 +42,9 @@ export const DISK_ENTRIES_MAX = 2 ** 32;
 export const DISK_SIZE_ALIGN_BYTES = 512;
 /** Compact when the log has grown this much beyond the size of the live state. */
 export const COMPACT_SLACK_BYTES_DEFAULT = 64 * 2 ** 20;
+/** How long a consistency group waits for agents to finish their I/O in progress. */
+export const GROUP_QUIESCE_TIMEOUT_MS_DEFAULT = 5_000;
+const QUIESCE_ANSWER_GRACE_MS = 1_000;
 
 export interface ControllerOptions {
   dataDir: string;
@@ -207,6 +210,8 @@ export class Controller {
         return this.deleteDisk((args as { name: string }).name);
       case "snapshot.create":
         return this.createSnapshot(args as ArgsOf<ControllerRequests, "snapshot.create">);
+      case "snapshot.group":
+        return this.createGroup(args as ArgsOf<ControllerRequests, "snapshot.group">);
       case "disk.rollback":
         return this.rollbackDisk(args as ArgsOf<ControllerRequests, "disk.rollback">);
       case "disk.diff":
@@ -306,6 +311,76 @@ export class Controller {
       );
       return this.summary(created!);
     });
+  }
+
+  /**
+   * A consistency group (R12): every agent of every disk in the set holds new I/O and finishes
+   * what is in flight, then each disk is snapshotted, then all are activated: one point in time
+   * across the disks. On any failure (time limit, agent gone) no snapshot is made and every held
+   * I/O is released.
+   */
+  private async createGroup(args: ArgsOf<ControllerRequests, "snapshot.group">): Promise<DiskSummary[]> {
+    const timeoutMs = args.timeoutMs ?? GROUP_QUIESCE_TIMEOUT_MS_DEFAULT;
+    return this.catalogLock.run("catalog", async () => {
+      const sources = args.pairs.map((pair) => this.diskNamed(pair.source));
+      const names = args.pairs.map((pair) => pair.name);
+      if (new Set(names).size !== names.length || new Set(sources).size !== sources.length) {
+        throw new RequestError("EINVAL", "a group names each source disk and each new name once");
+      }
+      for (const name of names) this.checkNewName(name);
+      const families = [...new Set(sources.map((disk) => disk.family))].sort((a, b) => a - b);
+      const created = await this.withFamilies(families, async () => {
+        const quiesced = await this.quiesceAll(sources, timeoutMs);
+        try {
+          return await createSnapshots(
+            this.context,
+            sources.map((source, i) => ({ source, name: names[i]!, mode: source.mode, invalidate: false })),
+          );
+        } finally {
+          await this.activateAll(quiesced, sources);
+        }
+      });
+      return created.map((disk) => this.summary(disk));
+    });
+  }
+
+  /** Runs `work` holding the locks of several families, taken in one order (no deadlock). */
+  private withFamilies<T>(families: number[], work: () => Promise<T>): Promise<T> {
+    const [first, ...rest] = families;
+    if (first === undefined) return work();
+    return this.familyLocks.run(first, () => this.withFamilies(rest, work));
+  }
+
+  /** Quiesces every agent of these disks; on a failure releases those already quiesced. */
+  private async quiesceAll(disks: Disk[], timeoutMs: number): Promise<AgentLink[]> {
+    const agents = [...new Set(disks.flatMap((disk) => this.agentsOf(disk.id)))];
+    // An agent that does not answer at all (stopped, cut off) fails the group too, a little after
+    // the time it was given.
+    const results = await Promise.allSettled(
+      agents.map((agent) =>
+        withDeadline(
+          agent.peer.request("quiesce", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id), timeoutMs }),
+          timeoutMs + QUIESCE_ANSWER_GRACE_MS,
+          `no answer to quiesce within ${timeoutMs + QUIESCE_ANSWER_GRACE_MS} ms`,
+        ),
+      ),
+    );
+    const failed = results.flatMap((result, i) => (result.status === "rejected" ? [`agent ${agents[i]!.id}: ${(result.reason as Error).message}`] : []));
+    if (failed.length > 0) {
+      await this.activateAll(agents, disks);
+      throw new RequestError("EAGAIN", `group snapshot abandoned, no snapshot made: ${failed.join("; ")}`);
+    }
+    return agents;
+  }
+
+  private async activateAll(agents: AgentLink[], disks: Disk[]): Promise<void> {
+    await Promise.all(
+      agents.map((agent) =>
+        this.toAgent(agent, () => agent.peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) })).catch(
+          (error: Error) => this.say(`agent ${agent.id}: activate failed: ${error.message}`),
+        ),
+      ),
+    );
   }
 
   private async rollbackDisk(args: ArgsOf<ControllerRequests, "disk.rollback">): Promise<DiskSummary> {
@@ -433,6 +508,17 @@ export class Controller {
       if (error instanceof ConnectionClosedError) return;
       throw error;
     }
+  }
+}
+
+/** The promise's outcome, or a rejection once `ms` have passed. */
+async function withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: Timer | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)));
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

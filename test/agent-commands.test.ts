@@ -4,11 +4,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { openSync, readSync, closeSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Child, reapAll, run, spawnCtl, tempDir } from "./helpers/processes.ts";
+import { reapAll, run, tempDir } from "./helpers/processes.ts";
 import { nbdPython } from "./helpers/nbd-clients.ts";
-import { agentRequests, controllerRequests, PROTOCOL_VERSION, type ArgsOf, type ControllerRequests, type ResultOf } from "../engine/wire/messages.ts";
-import { Peer, RemoteError } from "../engine/wire/peer.ts";
-import { listen, type Listener } from "../engine/wire/transport.ts";
+import { startStandIn, type Fault, type StandIn } from "./helpers/stand-in-controller.ts";
+import { RemoteError } from "../engine/wire/peer.ts";
 import { ENTRY_NO_WRITE, ENTRY_VALID, ENTRY_ZERO, ERROR_WORD, ZERO_WORD, mappedWord } from "../wasm/entry.ts";
 
 const SEGMENT = 65536;
@@ -18,17 +17,10 @@ const dir = tempDir("agent-commands");
 const containerPath = join(dir.path, "container.img");
 const nbdSocket = join(dir.path, "nbd.sock");
 const uri = `nbd+unix:///t?socket=${nbdSocket}`;
+// (startStandIn serves NBD on dir/nbd.sock.)
 
-type Fault = ArgsOf<ControllerRequests, "fault">;
-type FaultAnswer = ResultOf<ControllerRequests, "fault">;
-
-const faults: Fault[] = [];
-let answerFault: (fault: Fault) => FaultAnswer = () => ({ action: "error", errno: "EIO" });
-let agentPeer: Peer<ControllerRequests, typeof agentRequests> | null = null;
-let registered!: () => void;
-const whenRegistered = new Promise<void>((resolve) => (registered = resolve));
-let listener: Listener;
-let agent: Child;
+let standIn: StandIn;
+const faults = (): Fault[] => standIn.faults;
 
 /** Container block i (64 KiB) is filled with byte i + 1. */
 function blockByte(block: number): number {
@@ -43,38 +35,20 @@ function containerBytes(offset: number, length: number): Buffer {
   return buffer;
 }
 
-const command = <K extends keyof typeof agentRequests & string>(op: K, args: ArgsOf<typeof agentRequests, K>) => agentPeer!.request(op, args);
+const command: StandIn["command"] = (op, args) => standIn.command(op, args);
 
 beforeAll(async () => {
   const blocks = 64;
   const image = Buffer.alloc(blocks * SEGMENT);
   for (let block = 0; block < blocks; block += 1) image.fill(blockByte(block), block * SEGMENT, (block + 1) * SEGMENT);
   writeFileSync(containerPath, image);
-
-  listener = listen({ kind: "unix", path: join(dir.path, "control.sock") }, (stream) => {
-    const peer = new Peer(stream, controllerRequests, agentRequests);
-    peer.serve(async (op, args) => {
-      if (op === "hello") {
-        agentPeer = peer;
-        queueMicrotask(registered);
-        return { version: PROTOCOL_VERSION, controller: "test" };
-      }
-      if (op === "fault") {
-        faults.push(args as Fault);
-        return answerFault(args as Fault);
-      }
-      throw new Error(`unexpected ${op}`);
-    });
-  });
-  agent = spawnCtl(["--control", `unix:${join(dir.path, "control.sock")}`, "agent", "--id", "t1", "--nbd", `unix:${nbdSocket}`], "agent");
-  await whenRegistered;
+  standIn = await startStandIn(dir.path);
   await command("add_container", { id: CONTAINER, path: containerPath });
   await command("new_table", { disk: DISK, name: "t", size: 64 * SEGMENT, segmentShift: 16, readOnly: false });
 });
 
 afterAll(async () => {
-  await agent?.kill();
-  listener?.stop(true);
+  await standIn?.stop();
   await reapAll();
   dir.remove();
 });
@@ -106,36 +80,36 @@ describe("agent commands and faults", () => {
   });
 
   test("a read through an Invalid entry faults naming op, disk, segment and state; the answer's entry is used", async () => {
-    faults.length = 0;
-    answerFault = (fault) => ({ action: "retry", first: fault.first, runs: [[mappedWord(CONTAINER, 5 * SEGMENT), 1]] });
+    faults().length = 0;
+    standIn.answerFault = (fault) => ({ action: "retry", first: fault.first, runs: [[mappedWord(CONTAINER, 5 * SEGMENT), 1]] });
     expect(await read(100, 1000)).toBe(`ok ${blockByte(5)} ${blockByte(5)} 1`);
-    expect(faults).toEqual([{ disk: DISK, op: "read", first: 0, last: 0, state: 0, offset: 100, length: 1000 }]);
+    expect(faults()).toEqual([{ disk: DISK, op: "read", first: 0, last: 0, state: 0, offset: 100, length: 1000 }]);
     expect((await command("get_entry", { disk: DISK, first: 0, count: 1 })).words).toEqual([mappedWord(CONTAINER, 5 * SEGMENT)]);
-    faults.length = 0;
+    faults().length = 0;
     expect(await read(0, SEGMENT)).toBe(`ok ${blockByte(5)} ${blockByte(5)} 1`);
-    expect(faults).toEqual([]);
+    expect(faults()).toEqual([]);
   });
 
   test("a request spanning several Invalid segments faults once, naming the first and last", async () => {
-    faults.length = 0;
-    answerFault = (fault) => ({
+    faults().length = 0;
+    standIn.answerFault = (fault) => ({
       action: "retry",
       first: fault.first,
       runs: Array.from({ length: fault.last - fault.first + 1 }, (_, i) => [mappedWord(CONTAINER, (10 + i) * SEGMENT), 1] as [number, number]),
     });
     expect(await read(4 * SEGMENT + 10, 2 * SEGMENT)).toBe(`ok ${blockByte(10)} ${blockByte(12)} 3`);
-    expect(faults).toHaveLength(1);
-    expect(faults[0]).toMatchObject({ op: "read", first: 4, last: 6, state: 0 });
+    expect(faults()).toHaveLength(1);
+    expect(faults()[0]).toMatchObject({ op: "read", first: 4, last: 6, state: 0 });
   });
 
   test("Z: reads are zeros without a fault; a write faults and the controller's error reaches the host", async () => {
     await command("set_entry", { disk: DISK, first: 20, runs: [[ZERO_WORD, 2]], blocking: false });
-    faults.length = 0;
+    faults().length = 0;
     expect(await read(20 * SEGMENT, 2 * SEGMENT)).toBe("ok 0 0 1");
-    expect(faults).toEqual([]);
-    answerFault = () => ({ action: "error", errno: "ENOSPC" });
+    expect(faults()).toEqual([]);
+    standIn.answerFault = () => ({ action: "error", errno: "ENOSPC" });
     expect(await write(21 * SEGMENT + 4096, 0xee)).toBe("ENOSPC");
-    expect(faults).toEqual([{ disk: DISK, op: "write", first: 21, last: 21, state: ENTRY_VALID | ENTRY_ZERO, offset: 21 * SEGMENT + 4096, length: 4096 }]);
+    expect(faults()).toEqual([{ disk: DISK, op: "write", first: 21, last: 21, state: ENTRY_VALID | ENTRY_ZERO, offset: 21 * SEGMENT + 4096, length: 4096 }]);
     expect(await read(21 * SEGMENT, SEGMENT)).toBe("ok 0 0 1");
   });
 
@@ -143,10 +117,10 @@ describe("agent commands and faults", () => {
     await command("set_entry", { disk: DISK, first: 30, runs: [[mappedWord(CONTAINER, 30 * SEGMENT), 1]], blocking: false });
     await command("set_entry_state", { disk: DISK, first: 30, count: 1, set: ["error"], clear: [], blocking: true });
     expect((await command("get_status", { disk: DISK, first: 30, count: 1 })).states).toEqual([ERROR_WORD]);
-    faults.length = 0;
+    faults().length = 0;
     expect(await read(30 * SEGMENT, 512)).toBe("EIO");
     expect(await write(30 * SEGMENT, 1)).toBe("EIO");
-    expect(faults).toEqual([]);
+    expect(faults()).toEqual([]);
     await command("set_entry", { disk: DISK, first: 30, runs: [[mappedWord(CONTAINER, 30 * SEGMENT), 1]], blocking: true });
     expect(await read(30 * SEGMENT, 512)).toBe(`ok ${blockByte(30)} ${blockByte(30)} 1`);
   });
@@ -154,16 +128,16 @@ describe("agent commands and faults", () => {
   test("Nw: reads go to storage, a write faults and lands only after the controller clears Nw", async () => {
     const location = 40 * SEGMENT;
     await command("set_entry", { disk: DISK, first: 40, runs: [[mappedWord(CONTAINER, location, true), 1]], blocking: false });
-    faults.length = 0;
+    faults().length = 0;
     expect(await read(40 * SEGMENT, SEGMENT)).toBe(`ok ${blockByte(40)} ${blockByte(40)} 1`);
-    expect(faults).toEqual([]);
+    expect(faults()).toEqual([]);
     let containerDuringFault: Buffer | null = null;
-    answerFault = (fault) => {
+    standIn.answerFault = (fault) => {
       containerDuringFault = containerBytes(location, 4096);
       return { action: "retry", first: fault.first, runs: [[mappedWord(CONTAINER, location), 1]] };
     };
     expect(await write(40 * SEGMENT, 0x77)).toBe("ok");
-    expect(faults).toMatchObject([{ op: "write", first: 40, last: 40, state: ENTRY_VALID | ENTRY_NO_WRITE }]);
+    expect(faults()).toMatchObject([{ op: "write", first: 40, last: 40, state: ENTRY_VALID | ENTRY_NO_WRITE }]);
     // The agent did not write while the entry said Nw; it wrote after the retry.
     expect(containerDuringFault!.every((byte) => byte === blockByte(40))).toBe(true);
     expect(containerBytes(location, 4096).every((byte) => byte === 0x77)).toBe(true);
@@ -179,10 +153,10 @@ describe("agent commands and faults", () => {
 
   test("set_entry_state invalid makes the next I/O fault again (the Invalid alternative of step 325)", async () => {
     await command("set_entry_state", { disk: DISK, first: 0, count: 64, set: ["invalid"], clear: [], blocking: true });
-    faults.length = 0;
-    answerFault = (fault) => ({ action: "retry", first: fault.first, runs: [[mappedWord(CONTAINER, 7 * SEGMENT), 1]] });
+    faults().length = 0;
+    standIn.answerFault = (fault) => ({ action: "retry", first: fault.first, runs: [[mappedWord(CONTAINER, 7 * SEGMENT), 1]] });
     expect(await read(0, 512)).toBe(`ok ${blockByte(7)} ${blockByte(7)} 1`);
-    expect(faults).toMatchObject([{ op: "read", first: 0, last: 0, state: 0 }]);
+    expect(faults()).toMatchObject([{ op: "read", first: 0, last: 0, state: 0 }]);
   });
 
   test("bad commands get an error answer and the agent keeps serving", async () => {

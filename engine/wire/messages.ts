@@ -14,6 +14,7 @@ export const ENTRIES_PER_QUERY_MAX = 65536;
 export const DISKS_MAX = 4096;
 export const CONTAINERS_MAX = 4095;
 export const DIFF_RANGES_MAX = 1 << 20;
+export const GROUP_DISKS_MAX = 256;
 
 const name = str(NAME_LENGTH_MAX, NAME_PATTERN);
 const word = uint();
@@ -83,6 +84,13 @@ export const controllerRequests = {
     args: object({ source: name, name, mode: optional(mode), invalidate: optional(bool) }),
     result: diskSummary,
   },
+  "snapshot.group": {
+    args: object({
+      pairs: array(object({ source: name, name }), GROUP_DISKS_MAX),
+      timeoutMs: optional(uint(3_600_000)),
+    }),
+    result: array(diskSummary, GROUP_DISKS_MAX),
+  },
   "disk.rollback": { args: object({ name, snapshot: name }), result: diskSummary },
   "disk.diff": {
     args: object({ a: name, b: name }),
@@ -133,6 +141,11 @@ export const agentRequests = {
     args: object({ disk: diskId, first: segment, count: uint(ENTRIES_PER_QUERY_MAX) }),
     result: object({ states: array(uint(15), ENTRIES_PER_QUERY_MAX) }),
   },
+  /** Holds new host I/O to these disks before it is mapped and answers once the I/O in progress
+   *  has finished, or fails when that takes longer than timeoutMs (the gates open again then). */
+  quiesce: { args: object({ disks: array(diskId, DISKS_MAX), timeoutMs: uint(3_600_000) }), result: object({}) },
+  /** Releases the I/O held by quiesce. */
+  activate: { args: object({ disks: array(diskId, DISKS_MAX) }), result: object({}) },
   set_entry: { args: object({ disk: diskId, first: segment, runs, blocking: bool }), result: object({}) },
   /** Sets states on a range. Only Nw can be cleared: Invalid, Z and E void the location, so
    *  leaving them takes a whole new entry (set_entry). */

@@ -1,0 +1,54 @@
+// A stand-in controller on a unix socket: a real `ctl agent` registers with it, the test sends it
+// commands and decides how faults are answered.
+import { join } from "node:path";
+import { Child, spawnCtl } from "./processes.ts";
+import { agentRequests, controllerRequests, PROTOCOL_VERSION, type ArgsOf, type ControllerRequests, type ResultOf } from "../../engine/wire/messages.ts";
+import { Peer } from "../../engine/wire/peer.ts";
+import { listen, type Listener } from "../../engine/wire/transport.ts";
+
+export type Fault = ArgsOf<ControllerRequests, "fault">;
+export type FaultAnswer = ResultOf<ControllerRequests, "fault">;
+
+export interface StandIn {
+  agent: Child;
+  nbdSocket: string;
+  faults: Fault[];
+  answerFault: (fault: Fault) => FaultAnswer;
+  command<K extends keyof typeof agentRequests & string>(op: K, args: ArgsOf<typeof agentRequests, K>): Promise<ResultOf<typeof agentRequests, K>>;
+  stop(): Promise<void>;
+}
+
+export async function startStandIn(dir: string, env: Record<string, string> = {}): Promise<StandIn> {
+  let peer: Peer<ControllerRequests, typeof agentRequests> | null = null;
+  let registered!: () => void;
+  const whenRegistered = new Promise<void>((resolve) => (registered = resolve));
+  const standIn: StandIn = {
+    agent: null as unknown as Child,
+    nbdSocket: join(dir, "nbd.sock"),
+    faults: [],
+    answerFault: () => ({ action: "error", errno: "EIO" }),
+    command: (op, args) => peer!.request(op, args),
+    async stop() {
+      await standIn.agent.kill();
+      listener.stop(true);
+    },
+  };
+  const listener: Listener = listen({ kind: "unix", path: join(dir, "control.sock") }, (stream) => {
+    const connection = new Peer(stream, controllerRequests, agentRequests);
+    connection.serve(async (op, args) => {
+      if (op === "hello") {
+        peer = connection;
+        queueMicrotask(registered);
+        return { version: PROTOCOL_VERSION, controller: "stand-in" };
+      }
+      if (op === "fault") {
+        standIn.faults.push(args as Fault);
+        return standIn.answerFault(args as Fault);
+      }
+      throw new Error(`unexpected ${op}`);
+    });
+  });
+  standIn.agent = spawnCtl(["--control", `unix:${join(dir, "control.sock")}`, "agent", "--id", "t1", "--nbd", `unix:${standIn.nbdSocket}`], "agent", env);
+  await whenRegistered;
+  return standIn;
+}
