@@ -373,13 +373,18 @@ export class Controller {
     return agents;
   }
 
+  /** Releases held I/O everywhere. An agent that does not answer gets the activate after its
+   *  quiesce once it runs again (one connection keeps them in order), so nobody waits for it. */
   private async activateAll(agents: AgentLink[], disks: Disk[]): Promise<void> {
     await Promise.all(
-      agents.map((agent) =>
-        this.toAgent(agent, () => agent.peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) })).catch(
-          (error: Error) => this.say(`agent ${agent.id}: activate failed: ${error.message}`),
-        ),
-      ),
+      agents.map((agent) => {
+        const activated = this.toAgent(agent, () =>
+          agent.peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) }),
+        );
+        return withDeadline(activated, QUIESCE_ANSWER_GRACE_MS, "no answer").catch((error: Error) =>
+          this.say(`agent ${agent.id}: activate: ${error.message}`),
+        );
+      }),
     );
   }
 
