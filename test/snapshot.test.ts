@@ -115,6 +115,44 @@ describe("snapshot life cycle", () => {
     await s.close();
   });
 
+  test("WRITE_ZEROES of whole segments unmaps them (holes again, space back); partial ends are written with zeros", async () => {
+    await system.createDisk("zeroed", "512K", ["--segment-size", "64K"]);
+    const o = await open("zeroed");
+    expect(await o.write(0, pattern(0x31, 8 * SEGMENT))).toBe(0);
+    const before = (await control.request("lun.list", {}))[0]!.usedBytes;
+    expect(await o.zero(SEGMENT - 4 * KIB, 2 * SEGMENT + 8 * KIB)).toBe(0);
+    expect(allBytes(await o.read(SEGMENT - 4 * KIB, 2 * SEGMENT + 8 * KIB), 0)).toBe(true);
+    expect(allBytes(await o.read(0, SEGMENT - 4 * KIB), 0x31)).toBe(true);
+    expect(allBytes(await o.read(3 * SEGMENT + 4 * KIB, SEGMENT - 4 * KIB), 0x31)).toBe(true);
+    expect((await control.request("lun.list", {}))[0]!.usedBytes).toBe(before - 2 * SEGMENT);
+    expect(await disk("zeroed")).toMatchObject({ allocatedBytes: 6 * SEGMENT });
+    await o.close();
+  });
+
+  test("snapshot --invalidate: agents drop the source's entries instead of setting No-write, with the same result", async () => {
+    await system.createDisk("inval", "256K", ["--segment-size", "64K"]);
+    const o = await open("inval");
+    expect(await o.write(0, pattern(0x41, 2 * SEGMENT))).toBe(0);
+    const created = await system.ctl(["snapshot", "create", "inval", "inval-snap", "--invalidate"]);
+    expect(created.code).toBe(0);
+    expect(allBytes(await o.read(0, 2 * SEGMENT), 0x41)).toBe(true);
+    expect(await o.write(0, pattern(0x42, 4 * KIB))).toBe(0);
+    const s = await open("inval-snap");
+    expect(allBytes(await s.read(0, 2 * SEGMENT), 0x41)).toBe(true);
+    expect(allBytes(await o.read(0, 4 * KIB), 0x42)).toBe(true);
+    await o.close();
+    await s.close();
+  });
+
+  test("rollback and diff refuse disks that are not of one family", async () => {
+    await system.createDisk("stranger", "1M", ["--segment-size", "64K"]);
+    await system.createDisk("other-one", "1M", ["--segment-size", "64K"]);
+    const rolled = await system.ctl(["disk", "rollback", "stranger", "other-one"]);
+    expect(rolled.code).not.toBe(0);
+    expect(rolled.stderr).toMatch(/^ctl: error: Cannot roll stranger back to other-one/);
+    expect((await system.ctl(["disk", "diff", "stranger", "missing"])).stderr).toMatch(/no disk named "missing"/);
+  });
+
   test("rollback makes a disk its snapshot again, and diff lists exactly the changed segments", async () => {
     await system.createDisk("rolled", "1M", ["--segment-size", "64K"]);
     const o = await open("rolled");
