@@ -2,7 +2,7 @@
 // structured, DF, holes, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES, BLOCK_STATUS, error chunks).
 // Raw socket client; `Lnnn` = line of nbd-proto.md.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { expectOk, openSession, pattern, roundTrip, type Session } from "./helpers/nbd-session.ts";
+import { expectOk, openSession, pattern, roundTrip, type Session, type SessionOptions, withTargetSession } from "./helpers/nbd-session.ts";
 import { NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, startNbdTarget, testWith } from "./helpers/nbd-target.ts";
 import { assembleRead, encodeRequest, NBD, parseBlockStatus, view } from "./helpers/raw-nbd-client.ts";
 
@@ -21,18 +21,8 @@ function suite(kind: NbdTargetKind): void {
     await target?.stop();
   });
 
-  async function withSession(
-    exportName: string,
-    options: { structured?: boolean; allocation?: boolean },
-    body: (s: Session) => Promise<void>,
-  ): Promise<void> {
-    const s = await openSession(target, exportName, options);
-    try {
-      await body(s);
-    } finally {
-      s.client.close();
-    }
-  }
+  const withSession = (exportName: string, options: SessionOptions, body: (s: Session) => Promise<void>) =>
+    withTargetSession(target, exportName, options, body);
 
   /** Block status of [offset, offset + length) as (length, flags) pairs; checks the chunk's shape. */
   async function blockStatus(s: Session, offset: bigint, length: number, flags = 0) {

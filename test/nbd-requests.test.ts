@@ -1,7 +1,7 @@
 // NBD conformance, checklist section E: request framing, validation at the edge, error values,
 // limits, ordering. Raw socket client; `Lnnn` = line of nbd-proto.md.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { expectOk, openSession, pattern, roundTrip, type Session } from "./helpers/nbd-session.ts";
+import { expectOk, openSession, pattern, roundTrip, type Session, type SessionOptions, withTargetSession } from "./helpers/nbd-session.ts";
 import { expectLogged, NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, startNbdTarget, testWith } from "./helpers/nbd-target.ts";
 import { encodeRequest, NBD } from "./helpers/raw-nbd-client.ts";
 
@@ -20,18 +20,8 @@ function suite(kind: NbdTargetKind): void {
     await target?.stop();
   });
 
-  async function withSession(
-    exportName: string,
-    options: { structured?: boolean; allocation?: boolean },
-    body: (s: Session) => Promise<void>,
-  ): Promise<void> {
-    const s = await openSession(target, exportName, options);
-    try {
-      await body(s);
-    } finally {
-      s.client.close();
-    }
-  }
+  const withSession = (exportName: string, options: SessionOptions, body: (s: Session) => Promise<void>) =>
+    withTargetSession(target, exportName, options, body);
 
   const MODES = [
     { name: "simple", options: {} },

@@ -20,11 +20,12 @@ export interface Session {
   structured: boolean;
 }
 
-export async function openSession(
-  target: NbdTarget,
-  exportName: string,
-  options: { structured?: boolean; allocation?: boolean } = {},
-): Promise<Session> {
+export interface SessionOptions {
+  structured?: boolean;
+  allocation?: boolean;
+}
+
+export async function openSession(target: NbdTarget, exportName: string, options: SessionOptions = {}): Promise<Session> {
   const client = await target.connect();
   try {
     const { size, tflags } = await client.negotiate(exportName, options);
@@ -32,6 +33,21 @@ export async function openSession(
   } catch (error) {
     client.close();
     throw error;
+  }
+}
+
+/** Runs `body` with a negotiated session, closing it afterwards. */
+export async function withTargetSession(
+  target: NbdTarget,
+  exportName: string,
+  options: SessionOptions,
+  body: (s: Session) => Promise<void>,
+): Promise<void> {
+  const s = await openSession(target, exportName, options);
+  try {
+    await body(s);
+  } finally {
+    s.client.close();
   }
 }
 
