@@ -9,19 +9,24 @@ const FIO_SLACK_MS = 60_000;
 const FILL_TIMEOUT_MS = 300_000;
 const MS_PER_S = 1_000;
 const P99_KEY = "99.000000";
+const P999_KEY = "99.900000";
 
 export type Metric = "iops" | "bandwidth";
 export type Direction = "read" | "write";
+/** fio's `rw`; sequential ones may carry a skip after each I/O (`write:1020k`). */
+export type FioRw = "randread" | "randwrite" | "read" | "write" | `${"read" | "write"}:${string}`;
 
 export interface FioJob {
   id: string;
   label: string;
-  rw: "randread" | "randwrite" | "read" | "write";
+  rw: FioRw;
   blockSize: string;
   iodepth: number;
   direction: Direction;
   /** What the table shows for this job (the other follows from the block size). */
   metric: Metric;
+  /** More fio options, after the ones above (`--number_ios=N`, `--read_iolog=PATH`, ...). */
+  extraArgs?: readonly string[];
 }
 
 export const JOBS: readonly FioJob[] = [
@@ -43,6 +48,8 @@ export interface FioResult {
   runtimeMs: number;
   clatMeanNs: number;
   clatP99Ns: number | null;
+  clatP999Ns: number | null;
+  clatMaxNs: number;
 }
 
 export interface Timing {
@@ -56,7 +63,7 @@ interface FioSide {
   bw_bytes: number;
   iops: number;
   runtime: number;
-  clat_ns?: { mean?: number; percentile?: Record<string, number> };
+  clat_ns?: { mean?: number; max?: number; percentile?: Record<string, number> };
 }
 
 interface FioJobOutput {
@@ -74,6 +81,7 @@ function fioArgs(uri: string, job: FioJob, timing: Timing, outputPath: string): 
   const args = ["fio", `--name=${job.id}`, "--ioengine=nbd", `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.blockSize}`];
   args.push(`--iodepth=${job.iodepth}`, "--numjobs=1", "--output-format=json", `--output=${outputPath}`);
   if (timing.runtimeSec !== null) args.push("--time_based", `--runtime=${toMs(timing.runtimeSec)}ms`, `--ramp_time=${toMs(timing.rampSec)}ms`);
+  args.push(...(job.extraArgs ?? []));
   return args;
 }
 
@@ -103,6 +111,8 @@ function toResult(side: FioSide): FioResult {
     runtimeMs: side.runtime,
     clatMeanNs: side.clat_ns?.mean ?? 0,
     clatP99Ns: side.clat_ns?.percentile?.[P99_KEY] ?? null,
+    clatP999Ns: side.clat_ns?.percentile?.[P999_KEY] ?? null,
+    clatMaxNs: side.clat_ns?.max ?? 0,
   };
 }
 

@@ -5,26 +5,21 @@
 //
 //   bun bench/fio.ts [--quick | --smoke] [--runtime SEC] [--reps N] [--socket unix|tcp|both]
 //                    [--servers ours,nbdkit-file,...] [--keep] [--verbose]
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { FILL_JOB, type FioJob, JOBS, type Timing, runFio } from "./fio-jobs.ts";
+import { log, makeTempDir, onInterrupt, settle } from "./harness.ts";
 import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
-import { reapAll, runCommand } from "./processes.ts";
+import { reapAll } from "./processes.ts";
 import { type BenchConfig, type RunRecord, markdownReport, metricValue, resultsTable } from "./report.ts";
 import { REPO, type RunningServer, SERVER_IDS, SERVERS, type ServerId, TRANSPORTS, type Transport } from "./servers.ts";
 
 const GIB = 2 ** 30;
 const MIB = 2 ** 20;
 const RESULTS_DIR = join(REPO, "bench/results");
-/** Preferred home of the temp directory: a disk-backed file system, unlike a tmpfs /tmp. */
-const TEMP_ROOT = "/var/tmp";
-/** Bound on writing back the dirty pages of the temp file system between runs. */
-const SYNC_TIMEOUT_MS = 120_000;
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
-const EXIT_INTERRUPTED = 130;
 
 interface ModeDefaults {
   runtimeSec: number;
@@ -109,21 +104,6 @@ function parseOptions(argv: string[]): Options | null {
   return { config, keep: !!values.keep, verbose: !!values.verbose };
 }
 
-function makeTempDir(): string {
-  for (const root of [TEMP_ROOT, tmpdir()]) {
-    try {
-      return mkdtempSync(join(root, "tabledisk-fio-"));
-    } catch {
-      // try the next root
-    }
-  }
-  throw new Error("cannot create a temp directory");
-}
-
-function log(text: string): void {
-  process.stderr.write(`${text}\n`);
-}
-
 /** Everything one benchmark run collects. */
 class Collected {
   readonly records: RunRecord[] = [];
@@ -174,15 +154,6 @@ async function fillAll(running: Map<ServerId, RunningServer>, transport: Transpo
     collected.fills.push({ transport, server: id, job: FILL_JOB.id, rep: 0, ...outcome });
     log(`${transport} ${id} fill: ${describe(outcome)}`);
   }
-}
-
-/**
- * Writes back the page cache's dirty pages on the temp directory's file system, so that one run's
- * writes (or the fills) are not flushed by the kernel in the middle of the next run.
- */
-async function settle(dir: string): Promise<void> {
-  const result = await runCommand(["sync", "-f", dir], { timeoutMs: SYNC_TIMEOUT_MS });
-  if (result.code !== 0) throw new Error(`sync -f ${dir} failed: ${result.stderr.trim()}`);
 }
 
 /**
@@ -238,22 +209,6 @@ function writeResults(config: BenchConfig, machine: MachineInfo, collected: Coll
   return [`${base}.json`, `${base}.md`];
 }
 
-/** Reaps every child and removes the temp directory if the benchmark is interrupted. */
-function onInterrupt(cleanUp: () => void): void {
-  let interrupted = false;
-  const handler = (signal: NodeJS.Signals) => {
-    if (interrupted) return;
-    interrupted = true;
-    log(`bench: ${signal}: stopping servers`);
-    reapAll().finally(() => {
-      cleanUp();
-      process.exit(EXIT_INTERRUPTED);
-    });
-  };
-  process.on("SIGINT", handler);
-  process.on("SIGTERM", handler);
-}
-
 async function main(argv: string[]): Promise<number> {
   const options = parseOptions(argv);
   if (!options) {
@@ -261,7 +216,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { config } = options;
-  const dir = makeTempDir();
+  const dir = makeTempDir("tabledisk-fio-");
   const cleanUp = () => (options.keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
   onInterrupt(cleanUp);
   const startedAt = new Date();

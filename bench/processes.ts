@@ -98,7 +98,12 @@ export class ManagedProcess {
   /** SIGTERM, then SIGKILL if still alive after the grace period; resolves once reaped. */
   async stop(graceMs = STOP_GRACE_MS): Promise<void> {
     if (this.running) this.proc.kill("SIGTERM");
-    const reaped = await Promise.race([this.exited.then(() => true), delay(graceMs).then(() => false)]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), graceMs);
+    });
+    // The timer is cleared once the race is decided, so a reaped child leaves nothing pending.
+    const reaped = await Promise.race([this.exited.then(() => true), grace]).finally(() => clearTimeout(timer));
     if (reaped) return;
     console.error(`${this.label}: still running ${graceMs} ms after SIGTERM; sending SIGKILL`);
     if (this.running) this.proc.kill("SIGKILL");

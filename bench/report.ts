@@ -77,7 +77,7 @@ function metricName(job: FioJob): string {
   return job.metric === "iops" ? "IOPS" : "MiB/s";
 }
 
-function markdownRow(cells: string[]): string {
+export function markdownRow(cells: string[]): string {
   return `| ${cells.join(" | ")} |`;
 }
 

@@ -7,12 +7,14 @@ import { join, resolve } from "node:path";
 import { type Endpoint, LOOPBACK, ManagedProcess, freeTcpPort, runCommand, waitForEndpoint } from "./processes.ts";
 
 export const REPO = resolve(import.meta.dir, "..");
-const CTL = join(REPO, "ctl/main.ts");
+export const CTL = join(REPO, "ctl/main.ts");
 export const EXPORT_NAME = "bench";
 /** Bound on a server's start (process up to accepting NBD connections). */
 const READY_TIMEOUT_MS = 30_000;
 /** Bound on one `ctl` command. */
 const CTL_TIMEOUT_MS = 30_000;
+/** Bound on `qemu-img create`. */
+const QEMU_IMG_TIMEOUT_MS = 30_000;
 
 export type Transport = "unix" | "tcp";
 export const TRANSPORTS: readonly Transport[] = ["unix", "tcp"];
@@ -95,19 +97,44 @@ const nbdkitFile: ServerSpec = {
   },
 };
 
+/** The raw image the `qemu-nbd` server serves out of its directory. */
+export function qemuNbdImage(dir: string): string {
+  return join(dir, "qemu-nbd.img");
+}
+
+/** `qemu-nbd -f FORMAT` serving `image`, with the flags every qemu-nbd run here shares. */
+async function startQemuNbd(options: StartOptions, format: "raw" | "qcow2", image: string): Promise<RunningServer> {
+  const endpoint = await pickEndpoint(options, "qemu-nbd");
+  // --shared lets the readiness probe's connection overlap fio's; it does not change the data path.
+  const command = ["qemu-nbd", "-f", format, "-t", "-x", EXPORT_NAME, "--cache=writeback", "--aio=threads", "--shared=8"];
+  command.push(...qemuNbdListenArgs(endpoint), image);
+  return startListening("qemu-nbd", command, endpoint, options);
+}
+
 const qemuNbd: ServerSpec = {
   id: "qemu-nbd",
   setup: "`qemu-nbd -f raw --cache=writeback --aio=threads` (page cache like the others; flushes only on NBD FLUSH)",
   async start(options) {
-    const image = join(options.dir, "qemu-nbd.img");
+    const image = qemuNbdImage(options.dir);
     createSparseFile(image, options.diskBytes);
-    const endpoint = await pickEndpoint(options, "qemu-nbd");
-    // --shared lets the readiness probe's connection overlap fio's; it does not change the data path.
-    const command = ["qemu-nbd", "-f", "raw", "-t", "-x", EXPORT_NAME, "--cache=writeback", "--aio=threads", "--shared=8"];
-    command.push(...qemuNbdListenArgs(endpoint), image);
-    return startListening("qemu-nbd", command, endpoint, options);
+    return startQemuNbd(options, "raw", image);
   },
 };
+
+export const QEMU_OVERLAY_CLUSTER_BYTES = 65_536;
+
+/**
+ * A fresh qcow2 overlay (64 KiB clusters) in `options.dir` over the raw image `baseImage`, served by
+ * qemu-nbd like the raw server: its first write to each cluster copies the rest of the cluster from the
+ * base. Its export is announced under EXPORT_NAME too.
+ */
+export async function startQemuNbdOverlay(options: StartOptions, baseImage: string): Promise<RunningServer> {
+  const overlay = join(options.dir, "overlay.qcow2");
+  const create = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", baseImage, "-F", "raw", "-o", `cluster_size=${QEMU_OVERLAY_CLUSTER_BYTES}`, overlay];
+  const result = await runCommand(create, { cwd: options.dir, timeoutMs: QEMU_IMG_TIMEOUT_MS });
+  if (result.code !== 0) throw new Error(`${create.join(" ")} failed (${result.timedOut ? "timed out" : `exit ${result.code}`}): ${result.stderr.trim()}`);
+  return startQemuNbd(options, "qcow2", overlay);
+}
 
 const nbdkitNull: ServerSpec = {
   id: "nbdkit-null",
@@ -119,28 +146,67 @@ const nbdkitNull: ServerSpec = {
   },
 };
 
-/** Runs `ctl --control CONTROL ARGS...` to completion; throws with its stderr on failure. */
-async function ctl(control: string, args: string[]): Promise<void> {
+/** Runs `ctl --control CONTROL ARGS...` to completion and returns its stdout; throws with its stderr on failure. */
+export async function ctl(control: string, args: string[]): Promise<string> {
   const result = await runCommand([process.execPath, CTL, "--control", control, ...args], { cwd: REPO, timeoutMs: CTL_TIMEOUT_MS });
   if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} failed (${result.timedOut ? "timed out" : `exit ${result.code}`}): ${result.stderr.trim()}`);
+  return result.stdout;
+}
+
+/** A running `ctl up` (controller + one agent) with no disk of ours yet. */
+export interface OursInstance {
+  /** The controller's address, for `--control` and ControllerClient.open. */
+  control: string;
+  /** Where the agent serves NBD. */
+  endpoint: Endpoint;
+  command: string[];
+  process: ManagedProcess;
+  /** Waits until the agent has announced the export `name` (after line `after`, a lineCount) and returns its URI. */
+  announced(name: string, after: number): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** `ctl up` in `options.dir` with a default container of `lunBytes` (sparse); resolves once it is ready. */
+export async function startOursInstance(options: StartOptions, lunBytes: number): Promise<OursInstance> {
+  const control = `unix:${join(options.dir, "ours-control.sock")}`;
+  const endpoint = await pickEndpoint(options, "ours-nbd");
+  const command = [process.execPath, CTL, "--control", control, "up", "--data", join(options.dir, "ours-data")];
+  command.push("--nbd", ctlAddress(endpoint), "--lun-size", String(lunBytes));
+  const process_ = ManagedProcess.start("ours", command, { cwd: REPO, verbose: options.verbose });
+  try {
+    await process_.waitForLine(/^ready:/, READY_TIMEOUT_MS);
+  } catch (error) {
+    await process_.stop();
+    throw error;
+  }
+  return {
+    control,
+    endpoint,
+    command,
+    process: process_,
+    async announced(name, after) {
+      const line = await process_.waitForLine(new RegExp(`^nbd[^ ]*/${escapeRegExp(encodeURIComponent(name))}(?:\\?|$)`), READY_TIMEOUT_MS, after);
+      await waitForEndpoint(endpoint, process_, READY_TIMEOUT_MS);
+      return line.trim();
+    },
+    stop: () => process_.stop(),
+  };
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 /** `ctl up` with one container of exactly the disk size, then one thin disk announced under EXPORT_NAME. */
 async function startOurs(options: StartOptions): Promise<RunningServer> {
-  const control = `unix:${join(options.dir, "ours-control.sock")}`;
-  const endpoint = await pickEndpoint(options, "ours-nbd");
-  const command = [process.execPath, CTL, "--control", control, "up", "--data", join(options.dir, "ours-data")];
-  command.push("--nbd", ctlAddress(endpoint), "--lun-size", String(options.diskBytes));
-  const process_ = ManagedProcess.start("ours", command, { cwd: REPO, verbose: options.verbose });
+  const instance = await startOursInstance(options, options.diskBytes);
   try {
-    await process_.waitForLine(/^ready:/, READY_TIMEOUT_MS);
-    const linesBefore = process_.lineCount;
-    await ctl(control, ["disk", "create", EXPORT_NAME, "--size", String(options.diskBytes)]);
-    const announced = await process_.waitForLine(new RegExp(`^nbd[^ ]*/${EXPORT_NAME}\\b`), READY_TIMEOUT_MS, linesBefore);
-    await waitForEndpoint(endpoint, process_, READY_TIMEOUT_MS);
-    return { id: "ours", uri: announced.trim(), command, process: process_, stop: () => process_.stop() };
+    const linesBefore = instance.process.lineCount;
+    await ctl(instance.control, ["disk", "create", EXPORT_NAME, "--size", String(options.diskBytes)]);
+    const uri = await instance.announced(EXPORT_NAME, linesBefore);
+    return { id: "ours", uri, command: instance.command, process: instance.process, stop: () => instance.stop() };
   } catch (error) {
-    await process_.stop();
+    await instance.stop();
     throw error;
   }
 }
