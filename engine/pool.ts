@@ -20,6 +20,8 @@ export interface Allocation {
 
 export class Pool {
   private readonly allocators = new Map<number, BuddyAllocator>();
+  /** Per container: below this offset blocks may hold data written before this run. */
+  private readonly dirtyBelowAtStart = new Map<number, number>();
   private readonly files = new Map<number, number>();
   private zeroChunk: Uint8Array | null = null;
   private copyChunk: Uint8Array | null = null;
@@ -49,13 +51,18 @@ export class Pool {
     const allocator = new BuddyAllocator(lun.size);
     allocator.rebuild(used, lun.highWater);
     this.allocators.set(lun.id, allocator);
+    this.dirtyBelowAtStart.set(lun.id, lun.highWater);
   }
 
   /** A free block of 2^shift bytes, or null when the whole pool is full. */
   allocate(shift: number): Allocation | null {
     for (const lun of [...this.catalog.luns.values()].sort((a, b) => this.freeBytes(b.id) - this.freeBytes(a.id))) {
-      const offset = this.allocators.get(lun.id)!.allocate(shift);
-      if (offset !== null) return { lun: lun.id, offset, dirty: offset < lun.highWater };
+      const allocator = this.allocators.get(lun.id)!;
+      // Old data can only lie below what was handed out in this run, or below the mark persisted
+      // before it (the persisted mark runs ahead in steps, so it is not used for this run's blocks).
+      const dirtyBelow = Math.max(allocator.highWaterBytes, this.dirtyBelowAtStart.get(lun.id)!);
+      const offset = allocator.allocate(shift);
+      if (offset !== null) return { lun: lun.id, offset, dirty: offset < dirtyBelow };
     }
     return null;
   }

@@ -1,7 +1,7 @@
 // A thin disk through `ctl up`, checked with real NBD clients (acceptance of the foundation).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { reapAll, run, tempDir } from "./helpers/processes.ts";
 import { startUp, type UpSystem } from "./helpers/system.ts";
@@ -117,6 +117,22 @@ describe("thin disks over NBD", () => {
     expect(listed.code).toBe(0);
     const disk = (JSON.parse(listed.stdout) as { name: string }[]).find((d) => d.name === "acct");
     expect(disk).toMatchObject({ name: "acct", size: 8 * MIB, segmentSize: 65536, allocatedBytes: 131072 });
+  });
+
+  test("a first write costs only what it writes: never-used segments are not zeroed, reused ones are", async () => {
+    const lunPath = join(system.data, "lun0.img");
+    const uri = await system.createDisk("sparse-first", "64M");
+    const before = statSync(lunPath).blocks * 512;
+    const writes = Array.from({ length: 8 }, (_, i) => `h.pwrite(b"\\x07" * 4096, ${i * 4 * MIB + 8192})`).join("\n");
+    await nbdPython(uri, `${writes}\nh.flush()`);
+    // Eight 1 MiB segments were allocated, but the container grew by about the 32 KiB written.
+    expect(statSync(lunPath).blocks * 512 - before).toBeLessThan(MIB);
+    // Segments freed by a delete hold old data: a new disk getting them reads zeros around its write.
+    await system.ctl(["disk", "delete", "sparse-first"]);
+    const reuse = await system.createDisk("reuse", "64M");
+    await nbdPython(reuse, `h.pwrite(b"\\x08" * 4096, 0)\nh.flush()`);
+    const check = await nbdPython(reuse, `d = h.pread(${MIB}, 0)\nprint(d.count(8), d.count(0))`);
+    expect(check.trim()).toBe(`4096 ${MIB - 4096}`);
   });
 
   test("disk delete removes the export and returns its storage to the pool", async () => {
