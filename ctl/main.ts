@@ -78,14 +78,61 @@ program
     await runController({ ...options, control: controlAddress() });
   });
 
-program
+const agent = program
   .command("agent")
-  .description("run a mapping agent in the foreground")
-  .requiredOption("--id <id>", "agent id, unique among the controller's agents")
+  .description("run a mapping agent in the foreground (needs --id), or list agents (agent list)")
+  .option("--id <id>", "agent id, unique among the controller's agents")
   .option("--nbd <addr>", "NBD address, HOST:PORT or unix:PATH", addressOption, DEFAULT_NBD_ADDRESS)
   .option("--workers <n>", "NBD worker threads", countOption)
-  .action(async (options: { id: string; nbd: string; workers?: number }) => {
-    await runAgent({ ...options, control: controlAddress() });
+  .action(async (options: { id?: string; nbd: string; workers?: number }) => {
+    // Not a required option: `agent list` must not need it.
+    if (!options.id) throw new InvalidArgumentError("running an agent needs --id <id>");
+    await runAgent({ ...options, id: options.id, control: controlAddress() });
+  });
+
+agent
+  .command("list")
+  .description("list the agents registered with the controller and the disks each serves")
+  .option("--json", "print JSON")
+  .action(async (options: { json?: boolean }) => {
+    const agents = await withController((client) => client.request("agent.list", {}));
+    print(!!options.json, agents, () =>
+      table(["ID", "NBD", "STATE", "DISKS"], agents.map((a) => [a.id, a.nbd, a.connected ? "connected" : "gone", a.disks.join(",") || "-"])),
+    );
+  });
+
+program
+  .command("export <disk>")
+  .description("present a disk to an agent (host); once a disk has an export list, only listed agents serve it")
+  .requiredOption("--agent <id>", "agent id")
+  .action(async (name: string, options: { agent: string }) => {
+    await withController((client) => client.request("disk.export", { name, agent: options.agent }));
+    console.log(`exported ${name} on agent ${options.agent}`);
+  });
+
+program
+  .command("unexport <disk>")
+  .description("stop presenting a disk to an agent; it finishes its I/O to the disk first")
+  .requiredOption("--agent <id>", "agent id")
+  .action(async (name: string, options: { agent: string }) => {
+    await withController((client) => client.request("disk.unexport", { name, agent: options.agent }));
+    console.log(`unexported ${name} from agent ${options.agent}`);
+  });
+
+program
+  .command("status")
+  .description("controller, agents, pool and disks at a glance")
+  .option("--json", "print JSON")
+  .action(async (options: { json?: boolean }) => {
+    const status = await withController((client) => client.request("status", {}));
+    print(!!options.json, status, () =>
+      [
+        `controller: ${status.controller.disks} disks, log ${formatSize(status.controller.logBytes)}`,
+        `pool:       ${formatSize(status.pool.usedBytes)} used of ${formatSize(status.pool.sizeBytes)} in ${status.pool.containers} container(s)`,
+        `agents:     ${status.agents.map((a) => `${a.id} (${a.connected ? "connected" : "gone"}, ${a.disks.length} disks)`).join(", ") || "none"}`,
+        `disks:      ${status.disks.map((d) => d.name).join(", ") || "none"}`,
+      ].join("\n"),
+    );
   });
 
 const disk = program.command("disk").description("virtual disks");

@@ -3,7 +3,7 @@
 // recovery (replaying the log), so the two can never disagree.
 import { DiskTable } from "./disk-table.ts";
 import { RefCounts } from "./refcounts.ts";
-import { DISK_MODES, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
+import { AGENTS_MAX, DISK_MODES, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
 import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./wire/schema.ts";
 import { assert } from "./util/assert.ts";
 import {
@@ -49,6 +49,8 @@ const cloneRecord = object({
   t: oneOf("clone"),
   disks: array(object({ source: diskId, id: diskId, name: diskName, mode: oneOf(...DISK_MODES) }), DISKS_MAX),
 });
+/** The agents (hosts) a disk is presented to (R7); a disk never given a list is presented to all. */
+const presentRecord = object({ t: oneOf("present"), disk: diskId, agents: array(diskName, AGENTS_MAX) });
 /** A disk's table replaced by a copy of another disk's (rollback to a snapshot). */
 const rollbackRecord = object({ t: oneOf("rollback"), disk: diskId, from: diskId });
 
@@ -63,7 +65,8 @@ export type LogRecord =
   | MapRecord
   | Infer<typeof noWriteRecord>
   | Infer<typeof cloneRecord>
-  | Infer<typeof rollbackRecord>;
+  | Infer<typeof rollbackRecord>
+  | Infer<typeof presentRecord>;
 
 const recordSchemas: Record<string, Schema<LogRecord>> = {
   lun: lunRecord,
@@ -74,6 +77,7 @@ const recordSchemas: Record<string, Schema<LogRecord>> = {
   nw: noWriteRecord,
   clone: cloneRecord,
   rollback: rollbackRecord,
+  present: presentRecord,
 };
 
 export interface Lun {
@@ -93,6 +97,8 @@ export interface Disk {
   parent: number | null;
   /** Disks of one family (a disk and its snapshots and clones) are the only ones that share segments. */
   family: number;
+  /** Agent ids the disk is presented to, or null: every agent. */
+  exports: string[] | null;
   table: DiskTable;
 }
 
@@ -160,6 +166,7 @@ export class Catalog {
           mode: record.mode ?? "forward",
           parent: record.parent ?? null,
           family: record.family ?? record.id,
+          exports: null,
           table: new DiskTable(Math.ceil(record.size / 2 ** record.segmentShift)),
         });
         break;
@@ -190,11 +197,15 @@ export class Catalog {
         for (const { source, id, name, mode } of record.disks) {
           const from = this.disk(source);
           assert(!this.disks.has(id), `disk ${id} created twice`);
-          const disk: Disk = { ...from, id, name, mode, parent: from.id, table: new DiskTable(from.table.entryCount) };
+          const exports = from.exports && [...from.exports];
+          const disk: Disk = { ...from, id, name, mode, parent: from.id, exports, table: new DiskTable(from.table.entryCount) };
           disk.table.copyFrom(from.table);
           for (const [, word] of disk.table.locations()) this.refs.add(entryContainer(word), entryOffsetBytes(word), 1);
           this.addDisk(disk);
         }
+        break;
+      case "present":
+        this.disk(record.disk).exports = [...new Set(record.agents)].sort();
         break;
       case "rollback": {
         const disk = this.disk(record.disk);
@@ -265,6 +276,7 @@ export class Catalog {
         parent: disk.parent ?? undefined,
         family: disk.family,
       };
+      if (disk.exports) yield { t: "present", disk: disk.id, agents: disk.exports };
       let batch: MapRecord | null = null;
       for (const [index, word] of disk.table.nonZero()) {
         if (batch && batch.first + batch.runs.length === index && batch.runs.length < RUNS_PER_MESSAGE_MAX) {

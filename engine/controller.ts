@@ -22,7 +22,9 @@ import {
   type ArgsOf,
   type ControllerRequests,
   type DiskSummary,
+  type AgentSummary,
   type LunSummary,
+  type ResultOf,
   type SettableState,
 } from "./wire/messages.ts";
 import { ConnectionClosedError, Peer, RequestError } from "./wire/peer.ts";
@@ -177,7 +179,7 @@ export class Controller {
     });
     await this.catalogLock.run("catalog", async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
-      for (const disk of this.catalog.disks.values()) await this.sendTable(agent, disk);
+      for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) await this.sendTable(agent, disk);
     });
     this.say(`agent ${id} registered (nbd ${nbd})`);
     return agent;
@@ -225,11 +227,14 @@ export class Controller {
       case "lun.list":
         return [...this.catalog.luns.values()].map((lun) => this.lunSummary(lun.id));
       case "agent.list":
-        return [...this.agents.values()].map((agent) => ({
-          id: agent.id,
-          nbd: agent.nbd,
-          disks: [...agent.disks].flatMap((id) => this.catalog.disks.get(id)?.name ?? []),
-        }));
+        return this.agentSummaries();
+      case "disk.export":
+      case "disk.unexport": {
+        const { name, agent } = args as ArgsOf<ControllerRequests, "disk.export">;
+        return this.present(name, agent, op === "disk.export");
+      }
+      case "status":
+        return this.status();
       default:
         throw new RequestError("EINVAL", `unknown request ${op}`);
     }
@@ -252,6 +257,7 @@ export class Controller {
       segmentSize,
       mode: disk.mode,
       parent: disk.parent === null ? undefined : this.catalog.disks.get(disk.parent)?.name,
+      exports: disk.exports ?? undefined,
       allocatedBytes: disk.table.locatedCount * segmentSize,
       exclusiveBytes: exclusive * segmentSize,
       sharedBytes: (disk.table.locatedCount - exclusive) * segmentSize,
@@ -416,8 +422,60 @@ export class Controller {
     if (this.catalog.disks.size >= DISKS_MAX) throw new RequestError("EINVAL", `Cannot create disk "${name}": the limit of ${DISKS_MAX} disks is reached`);
   }
 
+  /** Sends a new disk's table to every connected agent it is presented to. */
   private async exportDisk(disk: Disk): Promise<void> {
-    await Promise.all([...this.agents.values()].map((agent) => this.toAgent(agent, () => this.sendTable(agent, disk))));
+    const agents = [...this.agents.values()].filter((agent) => presentedTo(disk, agent.id));
+    await Promise.all(agents.map((agent) => this.toAgent(agent, () => this.sendTable(agent, disk))));
+  }
+
+  /**
+   * Changes which agents present a disk (R7): those that lose it drop the table and finish their
+   * I/O to it (blocking) before the change is answered; those that gain it get a new table.
+   */
+  private async present(name: string, agentId: string, add: boolean): Promise<DiskSummary> {
+    return this.catalogLock.run("catalog", async () => {
+      const disk = this.diskNamed(name);
+      // A disk without a list is presented everywhere: the first export makes the list just that
+      // agent; an unexport makes it every agent known now but that one.
+      const after = add
+        ? [...new Set([...(disk.exports ?? []), agentId])]
+        : (disk.exports ?? [...this.agents.keys()]).filter((id) => id !== agentId);
+      await this.familyLocks.run(disk.family, async () => {
+        await this.persistRecords([{ t: "present", disk: disk.id, agents: after }]);
+        await Promise.all(
+          [...this.agents.values()].map(async (agent) => {
+            const wanted = presentedTo(disk, agent.id);
+            if (wanted && !agent.disks.has(disk.id)) await this.toAgent(agent, () => this.sendTable(agent, disk));
+            if (!wanted && agent.disks.has(disk.id)) {
+              await this.toAgent(agent, () => agent.peer.request("delete_table", { disk: disk.id, blocking: true }));
+              agent.disks.delete(disk.id);
+            }
+          }),
+        );
+      });
+      return this.summary(disk);
+    });
+  }
+
+  private agentSummaries(): AgentSummary[] {
+    return [...this.agents.values()].map((agent) => ({
+      id: agent.id,
+      nbd: agent.nbd,
+      connected: !agent.peer.isClosed,
+      disks: [...agent.disks].flatMap((id) => this.catalog.disks.get(id)?.name ?? []),
+    }));
+  }
+
+  private status(): ResultOf<ControllerRequests, "status"> {
+    const luns = [...this.catalog.luns.values()];
+    const sizeBytes = luns.reduce((sum, lun) => sum + lun.size, 0);
+    const usedBytes = luns.reduce((sum, lun) => sum + this.pool.usedBytes(lun.id), 0);
+    return {
+      controller: { disks: this.catalog.disks.size, logBytes: this.log.sizeBytes },
+      agents: this.agentSummaries(),
+      pool: { sizeBytes, usedBytes, freeBytes: sizeBytes - usedBytes, containers: luns.length },
+      disks: [...this.catalog.disks.values()].map((disk) => this.summary(disk)),
+    };
   }
 
   private async addLun(path: string, size: number): Promise<LunSummary> {
@@ -514,6 +572,10 @@ export class Controller {
       throw error;
     }
   }
+}
+
+function presentedTo(disk: Disk, agentId: string): boolean {
+  return disk.exports === null || disk.exports.includes(agentId);
 }
 
 /** The promise's outcome, or a rejection once `ms` have passed. */

@@ -15,6 +15,7 @@ export const DISKS_MAX = 4096;
 export const CONTAINERS_MAX = 4095;
 export const DIFF_RANGES_MAX = 1 << 20;
 export const GROUP_DISKS_MAX = 256;
+export const AGENTS_MAX = 1024;
 
 const name = str(NAME_LENGTH_MAX, NAME_PATTERN);
 const word = uint();
@@ -49,12 +50,17 @@ const diskSummary = object({
   mode,
   /** The disk it was snapshotted from, while that disk exists. */
   parent: optional(name),
+  /** The agents it is presented to; absent: every agent. */
+  exports: optional(array(name, AGENTS_MAX)),
   /** allocatedBytes = exclusiveBytes + sharedBytes; shared segments are also used by other disks. */
   allocatedBytes: uint(),
   exclusiveBytes: uint(),
   sharedBytes: uint(),
 });
 export type DiskSummary = Infer<typeof diskSummary>;
+
+const agentSummary = object({ id: name, nbd: str(PATH_LENGTH_MAX), connected: bool, disks: array(name, DISKS_MAX) });
+export type AgentSummary = Infer<typeof agentSummary>;
 
 const lunSummary = object({
   id: uint(),
@@ -105,9 +111,18 @@ export const controllerRequests = {
   },
   "lun.add": { args: object({ path: str(PATH_LENGTH_MAX), size: uint() }), result: lunSummary },
   "lun.list": { args: object({}), result: array(lunSummary, CONTAINERS_MAX) },
-  "agent.list": {
+  "agent.list": { args: object({}), result: array(agentSummary, AGENTS_MAX) },
+  /** Presents a disk to one more agent (R7); the first export makes the disk's list explicit. */
+  "disk.export": { args: object({ name, agent: name }), result: diskSummary },
+  "disk.unexport": { args: object({ name, agent: name }), result: diskSummary },
+  status: {
     args: object({}),
-    result: array(object({ id: str(NAME_LENGTH_MAX), nbd: str(PATH_LENGTH_MAX), disks: array(name, DISKS_MAX) }), 1024),
+    result: object({
+      controller: object({ disks: uint(), logBytes: uint() }),
+      agents: array(agentSummary, AGENTS_MAX),
+      pool: object({ sizeBytes: uint(), usedBytes: uint(), freeBytes: uint(), containers: uint() }),
+      disks: array(diskSummary, DISKS_MAX),
+    }),
   },
   fault: {
     args: object({
