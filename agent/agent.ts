@@ -204,9 +204,12 @@ export class Agent {
       if (!controller) return "EIO";
       try {
         const { request: _, type: __, ...args } = fault;
-        const answer = await controller.request("fault", args);
+        // The entries go in as the answer is read, before any command the controller sent after
+        // it (say a snapshot's No-write) is applied, so an older answer never overwrites a newer state.
+        const answer = await controller.request("fault", args, (arrived) => {
+          if (arrived.action === "retry" && arrived.runs && arrived.first !== undefined) this.applyRuns(fault.disk, arrived.first, arrived.runs);
+        });
         if (answer.action === "error") return answer.errno ?? "EIO";
-        if (answer.runs && answer.first !== undefined) this.applyRuns(fault.disk, answer.first, answer.runs);
         return undefined;
       } catch (error) {
         // A lost connection is retried once the agent is registered again; anything else fails the I/O.

@@ -1,4 +1,4 @@
-/** Serialises async sections per key (e.g. per disk), in arrival order. */
+/** Serialises async sections per key (e.g. per disk family), in arrival order. */
 export class KeyedMutex<K> {
   private readonly tails = new Map<K, Promise<void>>();
 
@@ -12,7 +12,9 @@ export class KeyedMutex<K> {
     try {
       return await section();
     } finally {
-      release();
+      // The next holder starts a macrotask later, so whatever the finished section's result sets
+      // off in microtasks (a response written to an agent) happens before the next section acts.
+      setImmediate(release);
       if (this.tails.get(key) === tail) this.tails.delete(key);
     }
   }

@@ -78,12 +78,25 @@ export class Peer<In extends RequestTable, Out extends RequestTable> {
     return this.closedError !== null;
   }
 
-  request<K extends keyof Out & string>(op: K, args: ArgsOf<Out, K>): Promise<ResultOf<Out, K>> {
+  /**
+   * Sends a request. `onArrival`, when given, runs synchronously when the response is read, before
+   * any later message from the peer is handled: for effects whose order against the peer's
+   * following requests matters (a promise continuation would run after them).
+   */
+  request<K extends keyof Out & string>(
+    op: K,
+    args: ArgsOf<Out, K>,
+    onArrival?: (result: ResultOf<Out, K>) => void,
+  ): Promise<ResultOf<Out, K>> {
     if (this.closedError) return Promise.reject(new ConnectionClosedError(`cannot send ${op}: ${this.closedError.message}`));
     const id = this.nextId;
     this.nextId = this.nextId >= 2 ** 32 - 1 ? 1 : this.nextId + 1;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { op, resolve: resolve as (result: unknown) => void, reject });
+      const arrived = (result: unknown) => {
+        onArrival?.(result as ResultOf<Out, K>);
+        resolve(result as ResultOf<Out, K>);
+      };
+      this.pending.set(id, { op, resolve: arrived, reject });
       this.stream.write(encodeFrame({ t: "req", id, op, args }));
     });
   }
