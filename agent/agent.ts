@@ -5,12 +5,14 @@ import { availableParallelism } from "node:os";
 import { SharedTables } from "../wasm/tables.ts";
 import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
+import { Lease } from "./lease.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
 import { assert } from "../engine/util/assert.ts";
 import { nbdUri, type Address } from "../engine/util/address.ts";
 import {
   agentRequests,
   controllerRequests,
+  LEASE_MS_DEFAULT,
   PROTOCOL_VERSION,
   type AgentRequests,
   type ArgsOf,
@@ -26,6 +28,8 @@ export const WORKERS_MAX = 16;
 /** How long a fault waits for the controller to be reachable before the host gets EIO. */
 export const FAULT_WAIT_MS = 30_000;
 const RECONNECT_DELAY_MIN_MS = 50;
+/** Renewals per lease term: a few lost or late ones do not end the lease. */
+const LEASE_RENEWALS_PER_TERM = 4;
 const RECONNECT_DELAY_MAX_MS = 2_000;
 
 export interface AgentOptions {
@@ -33,6 +37,8 @@ export interface AgentOptions {
   control: Address;
   nbd: Address;
   workers?: number;
+  /** R8: without a renewed lease for this long the agent stops I/O (default LEASE_MS_DEFAULT). */
+  leaseMs?: number;
   log?: (line: string) => void;
 }
 
@@ -48,6 +54,8 @@ export class Agent {
   private readonly freeSlots: number[] = [];
   private readonly workers: Worker[] = [];
   private readonly gates = QuiesceGates.create(TABLE_SLOTS_MAX);
+  private readonly lease = Lease.create();
+  private leaseTimer: Timer | undefined;
   private controller: ControllerPeer | null = null;
   /** Disks whose table the controller sent since the current connection began. */
   private reloaded = new Set<number>();
@@ -113,6 +121,7 @@ export class Agent {
     );
     for (const worker of this.workers) worker.terminate();
     this.stopping = true;
+    clearTimeout(this.leaseTimer);
     this.controller?.close();
   }
 
@@ -146,6 +155,8 @@ export class Agent {
         tables: this.shared.handle(),
         inflight: this.inflight.buffer,
         gates: this.gates.buffer,
+        lease: this.lease.buffer,
+        clock: this.lease.now(),
         listen,
       });
       this.workers.push(worker);
@@ -242,14 +253,18 @@ export class Agent {
         // The controller loads every table before it answers hello; a table it did not send
         // belongs to a disk deleted while we were apart.
         this.reloaded = new Set();
+        const asked = this.lease.now();
         await peer.request("hello", {
           version: PROTOCOL_VERSION,
           role: "agent",
           agentId: this.options.id,
+          leaseMs: this.leaseMs,
           nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
         });
         await this.dropTablesNotReloaded();
+        this.renewed(asked);
         this.controller = peer;
+        this.renewLoop(peer);
         delay = RECONNECT_DELAY_MIN_MS;
         for (const waiter of this.connectedWaiters.splice(0)) waiter();
         this.say(`agent ${this.options.id}: registered with the controller`);
@@ -263,6 +278,44 @@ export class Agent {
       await new Promise((resolve) => setTimeout(resolve, delay));
       delay = Math.min(RECONNECT_DELAY_MAX_MS, delay * 2);
     }
+  }
+
+  // ---- Lease (R8) ----
+
+  private get leaseMs(): number {
+    return this.options.leaseMs ?? LEASE_MS_DEFAULT;
+  }
+
+  /** A renewal asked for at `asked` was answered: the lease runs from when it was asked. */
+  private renewed(asked: number): void {
+    this.lease.extend(asked + this.leaseMs);
+    clearTimeout(this.leaseTimer);
+    this.leaseTimer = setTimeout(() => this.checkLease(), Math.max(0, this.lease.until - this.lease.now())).unref();
+  }
+
+  private async renewLoop(peer: ControllerPeer): Promise<void> {
+    while (!peer.isClosed && !this.stopping) {
+      // Unref'd: a pending renewal must not keep a stopping process alive.
+      await new Promise((resolve) => setTimeout(resolve, this.leaseMs / LEASE_RENEWALS_PER_TERM).unref());
+      const asked = this.lease.now();
+      try {
+        await peer.request("renew", {});
+        this.renewed(asked);
+      } catch {
+        return; // the connection is gone; the next registration renews
+      }
+    }
+  }
+
+  /**
+   * The lease ran out (the controller is unreachable, or this process was stopped): every entry
+   * reverts to Invalid, so no I/O goes to storage on old mappings; workers also check the lease
+   * right before each storage I/O. The controller has fenced this agent and goes on without it.
+   */
+  private checkLease(): void {
+    if (this.lease.valid() || this.stopping) return;
+    this.say(`agent ${this.options.id}: lease expired; I/O stops until the controller is reached again`);
+    for (const table of this.tables.values()) this.shared.fillEntries(table.slot, 0, table.entryCount, INVALID_WORD);
   }
 
   // ---- Commands from the controller (R6) ----

@@ -5,6 +5,7 @@ import { NbdError, type BlockExtent, type ExportHandle, type ExportInfo, type Nb
 import { ContainerFiles } from "./storage.ts";
 import type { InflightTracker } from "./inflight.ts";
 import type { QuiesceGates } from "./gates.ts";
+import type { Lease } from "./lease.ts";
 import type { ExportEntry } from "./thread-messages.ts";
 import type { FaultOp } from "../engine/wire/messages.ts";
 import {
@@ -65,6 +66,7 @@ export class MappedBackend implements NbdBackend {
     readonly tables: SharedTables,
     readonly inflight: InflightTracker,
     readonly gates: QuiesceGates,
+    readonly lease: Lease,
     readonly sendFault: FaultSender,
   ) {}
 
@@ -262,7 +264,12 @@ class MappedExport implements ExportHandle {
         return STOPPED;
       }
       const status = tables.resolve(entry.slot, entry.generation, offset, length, op);
-      if (status === STATUS_OK) return perform();
+      if (status === STATUS_OK) {
+        // Checked after the lookup, right before storage: an agent stopped past its lease has been
+        // fenced, and its mappings may be stale by now (R8).
+        if (!this.backend.lease.valid()) throw new NbdError("EIO", `disk ${this.info.name}: this agent's lease has expired`);
+        return perform();
+      }
       if (status === STATUS_FAULT) {
         this.stop = { gone: false, first: tables.faultFirst, last: tables.faultLast, state: tables.faultState };
         return STOPPED;

@@ -22,7 +22,17 @@ export type NbdListen =
   | { kind: "unix"; path: string };
 
 export type ToWorker =
-  | { type: "init"; thread: number; tables: unknown; inflight: SharedArrayBuffer; gates: SharedArrayBuffer; listen: NbdListen[] }
+  | {
+      type: "init";
+      thread: number;
+      tables: unknown;
+      inflight: SharedArrayBuffer;
+      gates: SharedArrayBuffer;
+      lease: SharedArrayBuffer;
+      /** The main thread's performance.now() when it sent this (see Lease). */
+      clock: number;
+      listen: NbdListen[];
+    }
   /** Gates were opened: I/O held by a quiesce looks again. */
   | { type: "activate" }
   | { type: "exports"; exports: ExportEntry[]; version: number }

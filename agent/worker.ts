@@ -3,6 +3,7 @@
 import { SharedTables, type TablesHandle } from "../wasm/tables.ts";
 import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
+import { Lease } from "./lease.ts";
 import { MappedBackend } from "./mapped-backend.ts";
 import { NbdError } from "./nbd/backend.ts";
 import { startNbdServer, type NbdServer } from "./nbd/server.ts";
@@ -31,7 +32,8 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
   const tables = SharedTables.attach(message.tables as TablesHandle, message.thread);
   const inflight = InflightTracker.attach(message.inflight, message.thread);
   const gates = QuiesceGates.attach(message.gates);
-  backend = new MappedBackend(tables, inflight, gates, (fault) => {
+  const lease = Lease.attach(message.lease, message.clock);
+  backend = new MappedBackend(tables, inflight, gates, lease, (fault) => {
     const request = nextRequest++;
     if (fault.gone) return ask({ type: "sync", request });
     const { gone: _, ...rest } = fault;

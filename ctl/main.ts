@@ -64,7 +64,8 @@ program
   .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
   .option("--log-compact-slack <size>", "compact the controller's log once it grows this much past its live state", sizeOption)
   .option("--workers <n>", "NBD worker threads", countOption)
-  .action(async (options: { data: string; nbd: string; lunSize?: number; logCompactSlack?: number; workers?: number }) => {
+  .option("--lease <ms>", "the agent's lease: without a renewal for this long it stops I/O", countOption)
+  .action(async (options: { data: string; nbd: string; lunSize?: number; logCompactSlack?: number; workers?: number; lease?: number }) => {
     await runUp({ ...options, control: controlAddress() });
   });
 
@@ -84,7 +85,8 @@ const agent = program
   .option("--id <id>", "agent id, unique among the controller's agents")
   .option("--nbd <addr>", "NBD address, HOST:PORT or unix:PATH", addressOption, DEFAULT_NBD_ADDRESS)
   .option("--workers <n>", "NBD worker threads", countOption)
-  .action(async (options: { id?: string; nbd: string; workers?: number }) => {
+  .option("--lease <ms>", "lease: without a renewal from the controller for this long the agent stops I/O", countOption)
+  .action(async (options: { id?: string; nbd: string; workers?: number; lease?: number }) => {
     // Not a required option: `agent list` must not need it.
     if (!options.id) throw new InvalidArgumentError("running an agent needs --id <id>");
     await runAgent({ ...options, id: options.id, control: controlAddress() });

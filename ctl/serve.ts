@@ -41,13 +41,14 @@ function startController(options: ControllerFlags): Promise<Controller> {
   });
 }
 
-export async function runUp(options: ControllerFlags & { nbd: string; workers?: number }): Promise<void> {
+export async function runUp(options: ControllerFlags & { nbd: string; workers?: number; lease?: number }): Promise<void> {
   const controller = await startController(options);
   const agent = await Agent.start({
     id: "local",
     control: controller.address,
     nbd: parseAddress(options.nbd),
     workers: options.workers,
+    leaseMs: options.lease,
   });
   // Registration loads every table, so once connected the agent knows all current exports.
   await agent.whenConnected();
@@ -63,8 +64,14 @@ export async function runController(options: ControllerFlags): Promise<void> {
   await runUntilSignal([controller]);
 }
 
-export async function runAgent(options: { id: string; nbd: string; control: string; workers?: number }): Promise<void> {
-  const agent = await Agent.start({ id: options.id, control: parseAddress(options.control), nbd: parseAddress(options.nbd), workers: options.workers });
+export async function runAgent(options: { id: string; nbd: string; control: string; workers?: number; lease?: number }): Promise<void> {
+  const agent = await Agent.start({
+    id: options.id,
+    control: parseAddress(options.control),
+    nbd: parseAddress(options.nbd),
+    workers: options.workers,
+    leaseMs: options.lease,
+  });
   console.error(`ready: agent ${options.id}, NBD ${options.nbd}`);
   await runUntilSignal([agent]);
 }

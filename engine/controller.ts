@@ -18,6 +18,8 @@ import {
   CONTAINERS_MAX,
   DIFF_RANGES_MAX,
   DISKS_MAX,
+  LEASE_MS_DEFAULT,
+  LEASE_MS_MIN,
   PROTOCOL_VERSION,
   type ArgsOf,
   type ControllerRequests,
@@ -47,6 +49,8 @@ export const COMPACT_SLACK_BYTES_DEFAULT = 64 * 2 ** 20;
 /** How long a consistency group waits for agents to finish their I/O in progress. */
 export const GROUP_QUIESCE_TIMEOUT_MS_DEFAULT = 5_000;
 const QUIESCE_ANSWER_GRACE_MS = 1_000;
+/** Margin for clock rates and scheduling between an agent's lease and the controller's view of it. */
+const LEASE_GRACE_MS = 500;
 
 export interface ControllerOptions {
   dataDir: string;
@@ -64,6 +68,9 @@ interface AgentLink {
   peer: AgentPeer;
   /** Disks whose table this agent holds. */
   disks: Set<number>;
+  leaseMs: number;
+  /** When the controller last heard a renewal (performance.now(): monotonic). */
+  renewedAt: number;
 }
 
 export class Controller {
@@ -156,11 +163,17 @@ export class Controller {
         role = hello.role;
         if (role === "agent") {
           if (!hello.agentId || !hello.nbd) throw new RequestError("EINVAL", "an agent must give agentId and nbd", true);
-          agent = await this.registerAgent(hello.agentId, hello.nbd, peer);
+          if (hello.leaseMs !== undefined && hello.leaseMs < LEASE_MS_MIN) throw new RequestError("EINVAL", `a lease of ${hello.leaseMs} ms is shorter than ${LEASE_MS_MIN} ms`, true);
+          agent = await this.registerAgent(hello.agentId, hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
         }
         return { version: PROTOCOL_VERSION, controller: "tabledisk" };
       }
       if (!role) throw new RequestError("EPROTO", `${op} before hello`, true);
+      if (op === "renew") {
+        if (!agent) throw new RequestError("EPROTO", "only agents hold leases");
+        agent.renewedAt = performance.now();
+        return {};
+      }
       if (op === "fault") {
         if (!agent) throw new RequestError("EPROTO", "only agents send faults");
         return this.fault(agent, args as ArgsOf<ControllerRequests, "fault">);
@@ -170,9 +183,9 @@ export class Controller {
   }
 
   /** Registers an agent and loads it (containers, then a table per disk) before hello is answered. */
-  private async registerAgent(id: string, nbd: string, peer: AgentPeer): Promise<AgentLink> {
+  private async registerAgent(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
     this.agents.get(id)?.peer.close();
-    const agent: AgentLink = { id, nbd, peer, disks: new Set() };
+    const agent: AgentLink = { id, nbd, peer, disks: new Set(), leaseMs, renewedAt: performance.now() };
     this.agents.set(id, agent);
     peer.onClosed(() => {
       if (this.agents.get(id) === agent) this.agents.delete(id);
@@ -565,12 +578,40 @@ export class Controller {
    * registers again, so it misses nothing; any other failure is reported.
    */
   private async toAgent(agent: AgentLink, command: () => Promise<unknown>): Promise<void> {
+    let timer: Timer | undefined;
+    const fenced = new Promise<void>((resolve) => {
+      const check = () => {
+        const left = agent.renewedAt + agent.leaseMs + LEASE_GRACE_MS - performance.now();
+        if (left > 0) {
+          timer = setTimeout(check, left);
+          return;
+        }
+        this.fence(agent);
+        resolve();
+      };
+      check();
+    });
     try {
-      await command();
+      await Promise.race([command(), fenced]);
     } catch (error) {
       if (error instanceof ConnectionClosedError) return;
       throw error;
+    } finally {
+      clearTimeout(timer);
     }
+  }
+
+  /**
+   * Drops an agent whose lease ran out without a renewal (R8). It has stopped its I/O by then: it
+   * counts its lease from before it asked for the renewal, the controller from after it heard it,
+   * plus a grace. When it comes back it registers again and reloads everything through faults.
+   */
+  private fence(agent: AgentLink): void {
+    if (this.agents.get(agent.id) === agent) {
+      this.say(`agent ${agent.id}: lease expired; fenced until it registers again`);
+      this.agents.delete(agent.id);
+    }
+    agent.peer.close();
   }
 }
 

@@ -16,6 +16,9 @@ export const CONTAINERS_MAX = 4095;
 export const DIFF_RANGES_MAX = 1 << 20;
 export const GROUP_DISKS_MAX = 256;
 export const AGENTS_MAX = 1024;
+export const LEASE_MS_MIN = 100;
+export const LEASE_MS_MAX = 600_000;
+export const LEASE_MS_DEFAULT = 10_000;
 
 const name = str(NAME_LENGTH_MAX, NAME_PATTERN);
 const word = uint();
@@ -37,6 +40,8 @@ export const helloArgs = object({
   role: oneOf("agent", "ctl"),
   agentId: optional(str(NAME_LENGTH_MAX, NAME_PATTERN)),
   nbd: optional(str(PATH_LENGTH_MAX)),
+  /** An agent's lease (R8): it stops I/O when it has not renewed it for this long. */
+  leaseMs: optional(uint(LEASE_MS_MAX)),
 });
 
 export const DISK_MODES = ["forward", "reverse"] as const;
@@ -124,6 +129,8 @@ export const controllerRequests = {
       disks: array(diskSummary, DISKS_MAX),
     }),
   },
+  /** An agent renews its lease (R8). */
+  renew: { args: object({}), result: object({}) },
   fault: {
     args: object({
       disk: diskId,
