@@ -62,11 +62,13 @@ export class FaultResolver {
     const records: LogRecord[] = [];
     // Nobody else uses these any more (their sharers were deleted): Nw just goes.
     for (const segment of exclusive) records.push(this.entryRecord(disk, segment, withoutNoWrite(disk.table.get(segment))));
-    for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, fault, records);
+    const written = new Set<number>();
+    for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, fault, records, written);
     const copies = shared.map((segment, i) => ({ segment, from: disk.table.get(segment), to: fresh[zero.length + i]! }));
-    this.copyOldContents(disk, copies, fault);
-    // New contents (zeros, copies) must be on disk before the mapping that exposes them is.
-    for (const lun of new Set(fresh.map((block) => block.lun))) this.ctx.pool.sync(lun);
+    this.copyOldContents(disk, copies, fault, written);
+    // New contents (zeros, copies) must be on disk before the mapping that exposes them is; a
+    // never-used block of a sparse container needs neither writing nor a sync.
+    for (const lun of written) this.ctx.pool.sync(lun);
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-copy`);
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
@@ -92,7 +94,7 @@ export class FaultResolver {
   }
 
   /** A Z segment gets storage; what the write does not cover reads as zeros (R13). */
-  private prepareZeroSegment(disk: Disk, segment: number, block: Allocation, fault: FaultArgs, records: LogRecord[]): void {
+  private prepareZeroSegment(disk: Disk, segment: number, block: Allocation, fault: FaultArgs, records: LogRecord[], written: Set<number>): void {
     const { pool } = this.ctx;
     const segmentSize = 2 ** disk.segmentShift;
     this.noteHighWater(disk, block, records);
@@ -102,13 +104,14 @@ export class FaultResolver {
       const coveredTo = Math.max(coveredFrom, Math.min(fault.offset + fault.length, start + segmentSize) - start);
       if (coveredFrom > 0) pool.zero(block.lun, block.offset, coveredFrom);
       if (coveredTo < segmentSize) pool.zero(block.lun, block.offset + coveredTo, segmentSize - coveredTo);
+      written.add(block.lun);
     }
     records.push(this.entryRecord(disk, segment, mappedWord(block.lun, block.offset)));
   }
 
   /** Steps 440/540: the old contents go to the new segment. A forward-delta write that covers the
    *  whole segment needs no copy, since the faulting disk's data there is all new. */
-  private copyOldContents(disk: Disk, copies: Copy[], fault: FaultArgs): void {
+  private copyOldContents(disk: Disk, copies: Copy[], fault: FaultArgs, written: Set<number>): void {
     const segmentSize = 2 ** disk.segmentShift;
     for (const { segment, from, to } of copies) {
       const start = segment * segmentSize;
@@ -116,6 +119,7 @@ export class FaultResolver {
       const covered = fault.offset <= start && fault.offset + fault.length >= end;
       if (disk.mode === "forward" && covered) continue;
       this.ctx.pool.copy(entryContainer(from), entryOffsetBytes(from), to.lun, to.offset, segmentSize);
+      written.add(to.lun);
     }
   }
 
