@@ -15,9 +15,6 @@ const CONTAINER = 3;
 const DISK = 7;
 const dir = tempDir("agent-commands");
 const containerPath = join(dir.path, "container.img");
-const nbdSocket = join(dir.path, "nbd.sock");
-const uri = `nbd+unix:///t?socket=${nbdSocket}`;
-// (startStandIn serves NBD on dir/nbd.sock.)
 
 let standIn: StandIn;
 const faults = (): Fault[] => standIn.faults;
@@ -56,7 +53,7 @@ afterAll(async () => {
 async function read(offset: number, length: number): Promise<string> {
   return (
     await nbdPython(
-      uri,
+      `nbd+unix:///t?socket=${standIn.nbdSocket}`,
       `try:\n    d = h.pread(${length}, ${offset})\n    print("ok", d[0], d[-1], len(set(d)))\nexcept nbd.Error as e:\n    print(__import__("errno").errorcode.get(e.errnum, e.string))`,
     )
   ).trim();
@@ -65,7 +62,7 @@ async function read(offset: number, length: number): Promise<string> {
 async function write(offset: number, byte: number, length = 4096): Promise<string> {
   return (
     await nbdPython(
-      uri,
+      `nbd+unix:///t?socket=${standIn.nbdSocket}`,
       `try:\n    h.pwrite(bytes([${byte}]) * ${length}, ${offset})\n    print("ok")\nexcept nbd.Error as e:\n    print(__import__("errno").errorcode.get(e.errnum, e.string))`,
     )
   ).trim();
@@ -73,7 +70,7 @@ async function write(offset: number, byte: number, length = 4096): Promise<strin
 
 describe("agent commands and faults", () => {
   test("new_table exports the disk under its name, all Invalid", async () => {
-    const listed = await run(["nbdinfo", "--list", "--json", `nbd+unix:///?socket=${nbdSocket}`]);
+    const listed = await run(["nbdinfo", "--list", "--json", `nbd+unix:///?socket=${standIn.nbdSocket}`]);
     expect(JSON.parse(listed.stdout).exports).toMatchObject([{ "export-name": "t", "export-size": 64 * SEGMENT }]);
     const words = await command("get_entry", { disk: DISK, first: 0, count: 4 });
     expect(words.words).toEqual([0, 0, 0, 0]);
@@ -174,7 +171,7 @@ describe("agent commands and faults", () => {
 
   test("delete_table removes the export", async () => {
     await command("delete_table", { disk: DISK, blocking: true });
-    const listed = await run(["nbdinfo", "--list", "--json", `nbd+unix:///?socket=${nbdSocket}`]);
+    const listed = await run(["nbdinfo", "--list", "--json", `nbd+unix:///?socket=${standIn.nbdSocket}`]);
     expect(JSON.parse(listed.stdout).exports ?? []).toEqual([]);
   });
 });

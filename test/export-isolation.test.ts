@@ -1,22 +1,19 @@
 // R7: a disk is presented to chosen agents; a host on another agent can neither see nor open it.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
-import { Child, ctl, reapAll, run, spawnCtl, tempDir } from "./helpers/processes.ts";
+import { ctl, reapAll, run, spawnCtl, tempDir } from "./helpers/processes.ts";
 import { BlockClient } from "./helpers/block-client.ts";
 
 const dir = tempDir("export-isolation");
 const control = `unix:${join(dir.path, "control.sock")}`;
 const sockets = { a: join(dir.path, "nbd-a.sock"), b: join(dir.path, "nbd-b.sock") };
-const children: Child[] = [];
 
 beforeAll(async () => {
   const controller = spawnCtl(["--control", control, "controller", "--data", join(dir.path, "data"), "--lun-size", "64M"], "controller");
   await controller.waitForLine(/^ready:/);
-  children.push(controller);
   for (const [id, socket] of Object.entries(sockets)) {
     const agent = spawnCtl(["--control", control, "agent", "--id", id, "--nbd", `unix:${socket}`], `agent-${id}`);
     await agent.waitForLine(/registered with the controller/);
-    children.push(agent);
   }
 });
 

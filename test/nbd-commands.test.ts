@@ -1,9 +1,9 @@
 // NBD conformance, checklist section F: the commands and their replies (READ simple and
 // structured, DF, holes, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES, BLOCK_STATUS, error chunks).
 // Raw socket client; `Lnnn` = line of nbd-proto.md.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { expectOk, openSession, pattern, roundTrip, type Session, type SessionOptions, withTargetSession } from "./helpers/nbd-session.ts";
-import { NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, startNbdTarget, testWith } from "./helpers/nbd-target.ts";
+import { NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, startNbdTarget, useNbdTarget, testWith } from "./helpers/nbd-target.ts";
 import { assembleRead, encodeRequest, NBD, parseBlockStatus, view } from "./helpers/raw-nbd-client.ts";
 
 for (const kind of NBD_TARGET_KINDS) {
@@ -11,15 +11,8 @@ for (const kind of NBD_TARGET_KINDS) {
 }
 
 function suite(kind: NbdTargetKind): void {
-  let target: NbdTarget;
-
-  beforeAll(async () => {
-    target = await startNbdTarget({ kind });
-  });
-
-  afterAll(async () => {
-    await target?.stop();
-  });
+  let target!: NbdTarget;
+  useNbdTarget(kind, (started) => (target = started));
 
   const withSession = (exportName: string, options: SessionOptions, body: (s: Session) => Promise<void>) =>
     withTargetSession(target, exportName, options, body);

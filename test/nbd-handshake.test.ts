@@ -1,7 +1,7 @@
 // NBD conformance, checklist section A (fixed newstyle handshake) and the simple options of B:
 // EXPORT_NAME, ABORT, LIST, STARTTLS. Raw socket client; `Lnnn` = line of nbd-proto.md.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { expectLogged, lacks, NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, startNbdTarget } from "./helpers/nbd-target.ts";
+import { describe, expect, test } from "bun:test";
+import { expectLogged, lacks, NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, useNbdTarget } from "./helpers/nbd-target.ts";
 import {
   concat,
   fromUtf8,
@@ -19,15 +19,8 @@ for (const kind of NBD_TARGET_KINDS) {
 }
 
 function suite(kind: NbdTargetKind): void {
-  let target: NbdTarget;
-
-  beforeAll(async () => {
-    target = await startNbdTarget({ kind });
-  });
-
-  afterAll(async () => {
-    await target?.stop();
-  });
+  let target!: NbdTarget;
+  useNbdTarget(kind, (started) => (target = started));
 
   async function withClient(body: (c: RawNbdClient) => Promise<void>): Promise<void> {
     const client = await target.connect();

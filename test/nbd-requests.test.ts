@@ -1,8 +1,8 @@
 // NBD conformance, checklist section E: request framing, validation at the edge, error values,
 // limits, ordering. Raw socket client; `Lnnn` = line of nbd-proto.md.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { expectOk, openSession, pattern, roundTrip, type Session, type SessionOptions, withTargetSession } from "./helpers/nbd-session.ts";
-import { expectLogged, NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, startNbdTarget, testWith } from "./helpers/nbd-target.ts";
+import { expectLogged, NBD_TARGET_KINDS, type NbdTarget, type NbdTargetKind, testWith, useNbdTarget } from "./helpers/nbd-target.ts";
 import { encodeRequest, NBD } from "./helpers/raw-nbd-client.ts";
 
 for (const kind of NBD_TARGET_KINDS) {
@@ -10,15 +10,8 @@ for (const kind of NBD_TARGET_KINDS) {
 }
 
 function suite(kind: NbdTargetKind): void {
-  let target: NbdTarget;
-
-  beforeAll(async () => {
-    target = await startNbdTarget({ kind });
-  });
-
-  afterAll(async () => {
-    await target?.stop();
-  });
+  let target!: NbdTarget;
+  useNbdTarget(kind, (started) => (target = started));
 
   const withSession = (exportName: string, options: SessionOptions, body: (s: Session) => Promise<void>) =>
     withTargetSession(target, exportName, options, body);

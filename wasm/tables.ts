@@ -31,27 +31,8 @@ import {
 import { wordHigh, wordLow } from "./entry.ts";
 import { checkCode, checkWord, type TableStore } from "./tables-api.ts";
 
-export {
-  ENTRY_COUNT_MAX,
-  EXTENT_KIND_DATA,
-  EXTENT_KIND_ZERO,
-  EXTENTS_MAX,
-  OP_BLOCK_STATUS,
-  OP_READ,
-  OP_WRITE,
-  OP_WRITE_ZEROES,
-  STATUS_ERROR,
-  STATUS_FAULT,
-  STATUS_GONE,
-  STATUS_OK,
-  STATUS_RANGE,
-  STATUS_TOO_MANY,
-  TABLE_SLOTS_MAX,
-  THREADS_MAX,
-  UPDATABLE_STATE_BITS,
-  TablesError,
-  type TableStore,
-} from "./tables-api.ts";
+// The interface and its numeric codes, for users of the tables: one list, in tables-api.ts.
+export * from "./tables-api.ts";
 
 const WASM_URL = new URL("./build/tables.wasm", import.meta.url);
 

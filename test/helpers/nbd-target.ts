@@ -19,7 +19,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "bun:test";
+import { afterAll, beforeAll, test } from "bun:test";
 import type { Subprocess } from "bun";
 import type { MemoryExportConfig } from "../fixtures/memory-backend.ts";
 import { Child, ctl, spawnCtl } from "./processes.ts";
@@ -590,4 +590,16 @@ async function pumpStderr(stream: ReadableStream<Uint8Array>, logs: string[]): P
       pending = pending.slice(i + 1);
     }
   }
+}
+
+/** Starts a target of `kind` before a suite's tests (handing it to `assign`) and stops it after. */
+export function useNbdTarget(kind: NbdTargetKind, assign: (target: NbdTarget) => void): void {
+  let started: NbdTarget | undefined;
+  beforeAll(async () => {
+    started = await startNbdTarget({ kind });
+    assign(started);
+  });
+  afterAll(async () => {
+    await started?.stop();
+  });
 }
