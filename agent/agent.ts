@@ -31,10 +31,14 @@ const RECONNECT_DELAY_MIN_MS = 50;
 /** Renewals per lease term: a few lost or late ones do not end the lease. */
 const LEASE_RENEWALS_PER_TERM = 4;
 const RECONNECT_DELAY_MAX_MS = 2_000;
+/** Answers to hello that trying again cannot change. */
+const REFUSALS_FOR_GOOD = new Set(["EACCES", "EVERSION"]);
 
 export interface AgentOptions {
   id: string;
   control: Address;
+  /** The controller's control secret (engine/secret.ts). */
+  secret: string;
   nbd: Address;
   workers?: number;
   /** R8: without a renewed lease for this long the agent stops I/O (default LEASE_MS_DEFAULT). */
@@ -65,6 +69,7 @@ export class Agent {
   private exportsVersion = 0;
   private readonly exportWaiters = new Map<number, { pending: number; resolve(): void }>();
   private readonly exportListeners: ((name: string, uri: string) => void)[] = [];
+  private readonly refusalListeners: ((error: RemoteError) => void)[] = [];
   private readonly say: (line: string) => void;
 
   private constructor(
@@ -92,6 +97,12 @@ export class Agent {
   /** Calls `listener` for every export the agent starts serving from now on. */
   onExport(listener: (name: string, uri: string) => void): void {
     this.exportListeners.push(listener);
+  }
+
+  /** Calls `listener` if the controller refuses this agent for good (wrong secret or protocol
+   *  version); the agent then stops trying to connect. */
+  onRefused(listener: (error: RemoteError) => void): void {
+    this.refusalListeners.push(listener);
   }
 
   exportNames(): string[] {
@@ -257,6 +268,7 @@ export class Agent {
         await peer.request("hello", {
           version: PROTOCOL_VERSION,
           role: "agent",
+          secret: this.options.secret,
           agentId: this.options.id,
           leaseMs: this.leaseMs,
           nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
@@ -272,7 +284,13 @@ export class Agent {
         this.controller = null;
         if (!this.stopping) this.say(`agent ${this.options.id}: lost the controller (${error.message}); reconnecting`);
       } catch (error) {
-        if (error instanceof RemoteError) this.say(`agent ${this.options.id}: controller refused: ${error.message}`);
+        if (error instanceof RemoteError) {
+          this.say(`agent ${this.options.id}: controller refused: ${error.message}`);
+          if (REFUSALS_FOR_GOOD.has(error.code)) {
+            for (const listener of this.refusalListeners) listener(error);
+            return;
+          }
+        }
       }
       if (this.stopping) return;
       await new Promise((resolve) => setTimeout(resolve, delay));

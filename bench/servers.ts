@@ -146,17 +146,21 @@ const nbdkitNull: ServerSpec = {
   },
 };
 
-/** Runs `ctl --control CONTROL ARGS...` to completion and returns its stdout; throws with its stderr on failure. */
-export async function ctl(control: string, args: string[]): Promise<string> {
-  const result = await runCommand([process.execPath, CTL, "--control", control, ...args], { cwd: REPO, timeoutMs: CTL_TIMEOUT_MS });
+/** Runs `ctl --control ... ARGS...` against `instance` to completion and returns its stdout; throws with its stderr on failure. */
+export async function ctl(instance: Pick<OursInstance, "controlArgs">, args: string[]): Promise<string> {
+  const result = await runCommand([process.execPath, CTL, ...instance.controlArgs, ...args], { cwd: REPO, timeoutMs: CTL_TIMEOUT_MS });
   if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} failed (${result.timedOut ? "timed out" : `exit ${result.code}`}): ${result.stderr.trim()}`);
   return result.stdout;
 }
 
 /** A running `ctl up` (controller + one agent) with no disk of ours yet. */
 export interface OursInstance {
-  /** The controller's address, for `--control` and ControllerClient.open. */
+  /** The controller's address, for ControllerClient.open. */
   control: string;
+  /** The control secret's file (the controller creates it at start). */
+  secretFile: string;
+  /** ctl's global options that reach this controller. */
+  controlArgs: string[];
   /** Where the agent serves NBD. */
   endpoint: Endpoint;
   command: string[];
@@ -169,8 +173,10 @@ export interface OursInstance {
 /** `ctl up` in `options.dir` with a default container of `lunBytes` (sparse); resolves once it is ready. */
 export async function startOursInstance(options: StartOptions, lunBytes: number): Promise<OursInstance> {
   const control = `unix:${join(options.dir, "ours-control.sock")}`;
+  const secretFile = join(options.dir, "ours-control.secret");
+  const controlArgs = ["--control", control, "--secret-file", secretFile];
   const endpoint = await pickEndpoint(options, "ours-nbd");
-  const command = [process.execPath, CTL, "--control", control, "up", "--data", join(options.dir, "ours-data")];
+  const command = [process.execPath, CTL, ...controlArgs, "up", "--data", join(options.dir, "ours-data")];
   command.push("--nbd", ctlAddress(endpoint), "--lun-size", String(lunBytes));
   const process_ = ManagedProcess.start("ours", command, { cwd: REPO, verbose: options.verbose });
   try {
@@ -181,6 +187,8 @@ export async function startOursInstance(options: StartOptions, lunBytes: number)
   }
   return {
     control,
+    secretFile,
+    controlArgs,
     endpoint,
     command,
     process: process_,
@@ -202,7 +210,7 @@ async function startOurs(options: StartOptions): Promise<RunningServer> {
   const instance = await startOursInstance(options, options.diskBytes);
   try {
     const linesBefore = instance.process.lineCount;
-    await ctl(instance.control, ["disk", "create", EXPORT_NAME, "--size", String(options.diskBytes)]);
+    await ctl(instance, ["disk", "create", EXPORT_NAME, "--size", String(options.diskBytes)]);
     const uri = await instance.announced(EXPORT_NAME, linesBefore);
     return { id: "ours", uri, command: instance.command, process: instance.process, stop: () => instance.stop() };
   } catch (error) {

@@ -14,6 +14,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ControllerClient } from "../ctl/client.ts";
+import { readSecret } from "../engine/secret.ts";
 import type { ArgsOf, ControllerRequests, ResultOf } from "../engine/wire/messages.ts";
 import { FILL_JOB, type FioJob, type FioResult, JOBS, runFio } from "./fio-jobs.ts";
 import { log, makeTempDir, onInterrupt, settle } from "./harness.ts";
@@ -507,7 +508,7 @@ class Bench {
   async creation(cases: CreationCase[]): Promise<void> {
     const { plan } = this;
     for (let rep = 1; rep <= plan.ctlReps; rep++) {
-      this.results.ctlFloorMs.push(await timed(() => ctl(this.ours.control, ["disk", "info", cases[0]!.id])));
+      this.results.ctlFloorMs.push(await timed(() => ctl(this.ours, ["disk", "info", cases[0]!.id])));
     }
     for (const c of cases) {
       const result: CreationResult = {
@@ -529,7 +530,7 @@ class Bench {
       }
       for (let rep = 1; rep <= plan.ctlReps; rep++) {
         const name = `${c.id}-c${rep}`;
-        result.ctlMs.push(await timed(() => ctl(this.ours.control, ["snapshot", "create", c.id, name])));
+        result.ctlMs.push(await timed(() => ctl(this.ours, ["snapshot", "create", c.id, name])));
         await this.deleteDisk(name);
       }
       log(`${c.id}: ${formatCount(result.mapped)} of ${formatCount(result.entries)} entries mapped; snapshot ${formatMs(median(result.clientMs))} ms (client), ${formatMs(median(result.ctlMs))} ms (ctl)`);
@@ -551,7 +552,7 @@ class Bench {
     }
     for (let rep = 1; rep <= plan.groupReps; rep++) {
       const args = pairs(`c${rep}`).map((pair) => `${pair.source}=${pair.name}`);
-      group.ctlMs.push(await timed(() => ctl(this.ours.control, ["snapshot", "group", ...args])));
+      group.ctlMs.push(await timed(() => ctl(this.ours, ["snapshot", "group", ...args])));
       await deleteAll(`c${rep}`);
     }
     log(`group of ${GROUP_DISKS}: ${formatMs(median(group.clientMs))} ms (client), ${formatMs(median(group.ctlMs))} ms (ctl)`);
@@ -882,7 +883,7 @@ async function run(plan: Plan, dir: string, verbose: boolean): Promise<Results> 
   const ours = await startOursInstance({ dir, transport: "unix", diskBytes: LUN_BYTES, verbose }, LUN_BYTES);
   let client: ControllerClient | null = null;
   try {
-    client = await withTimeout("connecting to the controller", ControllerClient.open(ours.control));
+    client = await withTimeout("connecting to the controller", ControllerClient.open(ours.control, readSecret(ours.secretFile)));
     const bench = new Bench(plan, dir, verbose, ours, client);
     const containers = containersNeeded(plan, cases);
     log(`bench: ${plan.mode}, ${containers} container(s) of ${formatBytes(LUN_BYTES)}, in ${dir}`);

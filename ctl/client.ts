@@ -7,7 +7,7 @@ import { connect } from "../engine/wire/transport.ts";
 export class ControllerClient {
   private constructor(private readonly peer: Peer<typeof agentRequests, ControllerRequests>) {}
 
-  static async open(address: string): Promise<ControllerClient> {
+  static async open(address: string, secret: string): Promise<ControllerClient> {
     let stream;
     try {
       stream = await connect(parseAddress(address));
@@ -18,7 +18,7 @@ export class ControllerClient {
     peer.serve(async (op) => {
       throw new Error(`ctl does not serve ${op}`);
     });
-    await peer.request("hello", { version: PROTOCOL_VERSION, role: "ctl" });
+    await peer.request("hello", { version: PROTOCOL_VERSION, role: "ctl", secret });
     return new ControllerClient(peer);
   }
 

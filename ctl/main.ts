@@ -8,6 +8,10 @@ import { DEFAULT_CONTROL_ADDRESS, DEFAULT_NBD_ADDRESS, parseAddress } from "../e
 import { formatSize, parseSize } from "../engine/util/size.ts";
 import { RemoteError } from "../engine/wire/peer.ts";
 import type { DiskMode } from "../engine/catalog.ts";
+import { clientSecret, SECRET_FILE } from "../engine/secret.ts";
+
+/** Where clients look for the secret last: the data directory of the README's quick start. */
+const DEFAULT_CLIENT_SECRET_FILE = `data/${SECRET_FILE}`;
 
 function sizeOption(text: string): number {
   try {
@@ -35,6 +39,10 @@ function countOption(text: string): number {
 const program = new Command("ctl")
   .description("Drive a table-driven virtual block storage system: controller, agents, disks and storage")
   .option("--control <addr>", "controller address, HOST:PORT or unix:PATH (env CTL_CONTROL)", addressOption)
+  .option(
+    "--secret-file <path>",
+    `the control secret's file (env CTL_SECRET_FILE; or the secret itself in CTL_SECRET); the controller creates it at first start, by default as DATA/${SECRET_FILE}, which clients also try as ${DEFAULT_CLIENT_SECRET_FILE}`,
+  )
   .showHelpAfterError()
   .configureOutput({ outputError: (text, write) => write(text.startsWith("error:") ? `ctl: ${text}` : text) });
 
@@ -42,9 +50,18 @@ function controlAddress(): string {
   return program.opts<{ control?: string }>().control ?? process.env.CTL_CONTROL ?? DEFAULT_CONTROL_ADDRESS;
 }
 
+function secretFileOption(): string | undefined {
+  return program.opts<{ secretFile?: string }>().secretFile || process.env.CTL_SECRET_FILE || undefined;
+}
+
+/** The secret an agent or ctl presents to the controller. */
+function clientSecretOption(): string {
+  return clientSecret({ file: secretFileOption(), value: process.env.CTL_SECRET, fallbackFile: DEFAULT_CLIENT_SECRET_FILE });
+}
+
 /** Runs one request against the controller and closes the connection. */
 async function withController<T>(work: (client: ControllerClient) => Promise<T>): Promise<T> {
-  const client = await ControllerClient.open(controlAddress());
+  const client = await ControllerClient.open(controlAddress(), clientSecretOption());
   try {
     return await work(client);
   } finally {
@@ -66,7 +83,7 @@ program
   .option("--workers <n>", "NBD worker threads", countOption)
   .option("--lease <ms>", "the agent's lease: without a renewal for this long it stops I/O", countOption)
   .action(async (options: { data: string; nbd: string; lunSize?: number; logCompactSlack?: number; workers?: number; lease?: number }) => {
-    await runUp({ ...options, control: controlAddress() });
+    await runUp({ ...options, control: controlAddress(), secretFile: secretFileOption() });
   });
 
 program
@@ -76,7 +93,7 @@ program
   .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
   .option("--log-compact-slack <size>", "compact the controller's log once it grows this much past its live state", sizeOption)
   .action(async (options: { data: string; lunSize?: number; logCompactSlack?: number }) => {
-    await runController({ ...options, control: controlAddress() });
+    await runController({ ...options, control: controlAddress(), secretFile: secretFileOption() });
   });
 
 const agent = program
@@ -89,7 +106,7 @@ const agent = program
   .action(async (options: { id?: string; nbd: string; workers?: number; lease?: number }) => {
     // Not a required option: `agent list` must not need it.
     if (!options.id) throw new InvalidArgumentError("running an agent needs --id <id>");
-    await runAgent({ ...options, id: options.id, control: controlAddress() });
+    await runAgent({ ...options, id: options.id, control: controlAddress(), secret: clientSecretOption() });
   });
 
 agent

@@ -28,6 +28,7 @@ function runUntilSignal(parts: Stoppable[]): Promise<void> {
 interface ControllerFlags {
   data: string;
   control: string;
+  secretFile?: string;
   lunSize?: number;
   logCompactSlack?: number;
 }
@@ -36,6 +37,7 @@ function startController(options: ControllerFlags): Promise<Controller> {
   return Controller.start({
     dataDir: options.data,
     control: parseAddress(options.control),
+    secretFile: options.secretFile,
     defaultLunBytes: options.lunSize,
     compactSlackBytes: options.logCompactSlack,
   });
@@ -46,6 +48,7 @@ export async function runUp(options: ControllerFlags & { nbd: string; workers?: 
   const agent = await Agent.start({
     id: "local",
     control: controller.address,
+    secret: controller.secret,
     nbd: parseAddress(options.nbd),
     workers: options.workers,
     leaseMs: options.lease,
@@ -64,14 +67,21 @@ export async function runController(options: ControllerFlags): Promise<void> {
   await runUntilSignal([controller]);
 }
 
-export async function runAgent(options: { id: string; nbd: string; control: string; workers?: number; lease?: number }): Promise<void> {
+export async function runAgent(options: { id: string; nbd: string; control: string; secret: string; workers?: number; lease?: number }): Promise<void> {
   const agent = await Agent.start({
     id: options.id,
     control: parseAddress(options.control),
+    secret: options.secret,
     nbd: parseAddress(options.nbd),
     workers: options.workers,
     leaseMs: options.lease,
   });
+  const refused = new Promise<never>((_, reject) => agent.onRefused(reject));
   console.error(`ready: agent ${options.id}, NBD ${options.nbd}`);
-  await runUntilSignal([agent]);
+  try {
+    await Promise.race([runUntilSignal([agent]), refused]);
+  } catch (error) {
+    await agent.stop();
+    throw new Error(`the controller refused agent ${options.id}: ${(error as Error).message}`);
+  }
 }

@@ -9,6 +9,7 @@ import { failpoint } from "./failpoints.ts";
 import { FaultResolver, type FaultAnswer } from "./faults.ts";
 import { createSnapshots, diff, rollback, type SnapshotContext } from "./snapshots.ts";
 import { Pool } from "./pool.ts";
+import { ensureSecret, secretsMatch, SECRET_FILE } from "./secret.ts";
 import { KeyedMutex } from "./util/mutex.ts";
 import { formatAddress, type Address } from "./util/address.ts";
 import { formatSize } from "./util/size.ts";
@@ -31,6 +32,7 @@ import {
 } from "./wire/messages.ts";
 import { ConnectionClosedError, Peer, RequestError } from "./wire/peer.ts";
 import { listen, removeStaleSocket, type Listener } from "./wire/transport.ts";
+import { FRAME_BYTES_MAX } from "./wire/frame.ts";
 import {
   CONTAINER_BYTES_MAX,
   SEGMENT_SHIFT_MAX,
@@ -51,10 +53,18 @@ export const GROUP_QUIESCE_TIMEOUT_MS_DEFAULT = 5_000;
 const QUIESCE_ANSWER_GRACE_MS = 1_000;
 /** Margin for clock rates and scheduling between an agent's lease and the controller's view of it. */
 const LEASE_GRACE_MS = 500;
+/** A connection that has not said hello by then is closed (it holds a socket and nothing else). */
+const HELLO_TIMEOUT_MS = 10_000;
+/** Until hello has proved the secret, a connection may send only small frames. */
+const HELLO_FRAME_BYTES_MAX = 64 * 1024;
+/** Connections beyond this are closed at once (agents and ctl together need few). */
+export const CONNECTIONS_MAX = 1024;
 
 export interface ControllerOptions {
   dataDir: string;
   control: Address;
+  /** The control secret's file (created when absent); default SECRET_FILE in the data directory. */
+  secretFile?: string;
   defaultLunBytes?: number;
   compactSlackBytes?: number;
   log?: (line: string) => void;
@@ -94,6 +104,8 @@ export class Controller {
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private listener: Listener | null = null;
   private log!: AppendLog;
+  private controlSecret = "";
+  private connections = 0;
   private compactedBytes = 0;
   private compacting: Promise<void> | null = null;
   private readonly say: (line: string) => void;
@@ -115,6 +127,11 @@ export class Controller {
     return { ...control, port: (this.listener as { port: number }).port };
   }
 
+  /** For an agent in the same process (`ctl up`). */
+  get secret(): string {
+    return this.controlSecret;
+  }
+
   async stop(): Promise<void> {
     this.listener?.stop(true);
     for (const agent of this.agents.values()) agent.peer.close();
@@ -126,6 +143,7 @@ export class Controller {
   private async open(): Promise<void> {
     const dataDir = resolvePath(this.options.dataDir);
     mkdirSync(dataDir, { recursive: true });
+    this.controlSecret = ensureSecret(this.options.secretFile ?? join(dataDir, SECRET_FILE));
     const { log, records, recovery } = AppendLog.open(join(dataDir, LOG_FILE));
     this.log = log;
     if (recovery.truncatedBytes > 0) {
@@ -151,12 +169,24 @@ export class Controller {
   }
 
   private accept(peer: AgentPeer): void {
+    if (this.connections >= CONNECTIONS_MAX) {
+      peer.close(new Error("too many connections"));
+      return;
+    }
+    this.connections += 1;
+    peer.onClosed(() => (this.connections -= 1));
+    peer.limitFrames(HELLO_FRAME_BYTES_MAX);
     let role: "agent" | "ctl" | null = null;
     let agent: AgentLink | null = null;
+    const helloTimer = setTimeout(() => peer.close(new Error("no hello in time")), HELLO_TIMEOUT_MS);
+    peer.onClosed(() => clearTimeout(helloTimer));
     peer.serve(async (op, args) => {
       if (op === "hello") {
         const hello = args as ArgsOf<ControllerRequests, "hello">;
         if (role) throw new RequestError("EPROTO", "hello sent twice", true);
+        clearTimeout(helloTimer);
+        if (!secretsMatch(hello.secret, this.controlSecret)) throw new RequestError("EACCES", "the control secret is missing or wrong", true);
+        peer.limitFrames(FRAME_BYTES_MAX);
         if (hello.version !== PROTOCOL_VERSION) {
           throw new RequestError("EVERSION", `protocol version ${hello.version} is not supported (this controller speaks ${PROTOCOL_VERSION})`, true);
         }

@@ -1,11 +1,12 @@
 // Snapshots (R9-R11, R15, R17) through a real `ctl up`: a snapshot is an exact point-in-time
 // image, writes on either side never show through to the other, in forward and reverse delta.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { reapAll, tempDir } from "./helpers/processes.ts";
+import { reapAll, tempDir, TEST_SECRET_FILE } from "./helpers/processes.ts";
 import { startUp, type UpSystem } from "./helpers/system.ts";
 import { BlockClient } from "./helpers/block-client.ts";
 import { nbdMap } from "./helpers/nbd-clients.ts";
 import { ControllerClient } from "../ctl/client.ts";
+import { readSecret } from "../engine/secret.ts";
 
 const KIB = 1024;
 const SEGMENT = 64 * KIB;
@@ -15,7 +16,7 @@ let control: ControllerClient;
 
 beforeAll(async () => {
   system = await startUp({ dir: dir.path, lunSize: "256M" });
-  control = await ControllerClient.open(system.control);
+  control = await ControllerClient.open(system.control, readSecret(TEST_SECRET_FILE));
 });
 
 afterAll(async () => {

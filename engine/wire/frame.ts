@@ -22,6 +22,8 @@ export function encodeFrame(message: unknown): Uint8Array {
 export class FrameDecoder {
   private chunks: Uint8Array[] = [];
   private buffered = 0;
+  /** The largest frame accepted; a server keeps it small until the peer has authenticated. */
+  frameBytesMax = FRAME_BYTES_MAX;
 
   push(chunk: Uint8Array): unknown[] {
     this.chunks.push(chunk);
@@ -31,7 +33,7 @@ export class FrameDecoder {
       if (this.buffered < HEADER_BYTES) break;
       const head = this.peek(HEADER_BYTES);
       const length = new DataView(head.buffer, head.byteOffset, HEADER_BYTES).getUint32(0);
-      if (length > FRAME_BYTES_MAX) throw new WireError(`frame of ${length} bytes exceeds the ${FRAME_BYTES_MAX}-byte limit`);
+      if (length > this.frameBytesMax) throw new WireError(`frame of ${length} bytes exceeds the ${this.frameBytesMax}-byte limit`);
       if (this.buffered < HEADER_BYTES + length) break;
       const frame = this.take(HEADER_BYTES + length);
       try {

@@ -1,6 +1,7 @@
 // Every message between controller, agents and ctl: the one place their shapes live.
 // A connection starts with "hello" from the connecting side; after that either side may send
 // requests, and every request gets exactly one response.
+import { SECRET_LENGTH_MAX } from "../secret.ts";
 import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./schema.ts";
 
 export const PROTOCOL_VERSION = 1;
@@ -38,6 +39,8 @@ export type Errno = (typeof ERRNO_NAMES)[number];
 export const helloArgs = object({
   version: uint(),
   role: oneOf("agent", "ctl"),
+  /** The control secret (see engine/secret.ts); the controller refuses a hello without it. */
+  secret: optional(str(SECRET_LENGTH_MAX)),
   agentId: optional(str(NAME_LENGTH_MAX, NAME_PATTERN)),
   nbd: optional(str(PATH_LENGTH_MAX)),
   /** An agent's lease (R8): it stops I/O when it has not renewed it for this long. */

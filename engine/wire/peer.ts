@@ -2,7 +2,7 @@
 // with the same id. Every incoming message is validated against the schemas in messages.ts; a
 // malformed one is answered with an error and the connection is closed.
 import { assert } from "../util/assert.ts";
-import { encodeFrame, FrameDecoder } from "./frame.ts";
+import { encodeFrame, FRAME_BYTES_MAX, FrameDecoder } from "./frame.ts";
 import { envelope, type ArgsOf, type RequestTable, type ResultOf } from "./messages.ts";
 import { WireError } from "./schema.ts";
 import type { Stream } from "./transport.ts";
@@ -67,6 +67,12 @@ export class Peer<In extends RequestTable, Out extends RequestTable> {
   /** Sets the function that serves incoming requests. */
   serve(handler: Handler<In>): void {
     this.handler = handler;
+  }
+
+  /** Refuses incoming frames longer than `bytes` (at most FRAME_BYTES_MAX) from now on. */
+  limitFrames(bytes: number): void {
+    assert(bytes <= FRAME_BYTES_MAX, `a frame limit of ${bytes} bytes is above the protocol's ${FRAME_BYTES_MAX}`);
+    this.decoder.frameBytesMax = bytes;
   }
 
   onClosed(listener: (error: Error) => void): void {

@@ -1,5 +1,6 @@
 // Real child processes for integration tests: spawned, watched line by line, always reaped.
-import { mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -8,6 +9,16 @@ export const CTL = join(REPO, "ctl/main.ts");
 const LINE_WAIT_MS = 30_000;
 
 const living = new Set<Child>();
+
+/**
+ * Every controller, agent and ctl a test starts shares one control secret file, made here so that
+ * an agent can start before any controller; tests of the secret itself override CTL_SECRET_FILE.
+ */
+const secretDir = mkdtempSync(join(tmpdir(), "tabledisk-secret-"));
+export const TEST_SECRET_FILE = join(secretDir, "control.secret");
+writeFileSync(TEST_SECRET_FILE, `${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
+process.env.CTL_SECRET_FILE = TEST_SECRET_FILE;
+process.on("exit", () => rmSync(secretDir, { recursive: true, force: true }));
 
 /** A running child whose stdout and stderr lines are collected as they arrive. */
 export class Child {
@@ -89,9 +100,15 @@ export function spawnCtl(args: string[], label = "ctl", env: Record<string, stri
   return spawn([process.execPath, CTL, ...args], label, env);
 }
 
-/** Runs ctl to completion. */
-export async function ctl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const proc = Bun.spawn([process.execPath, CTL, ...args], { cwd: REPO, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+/** Runs ctl to completion (in the repository unless `options.cwd`, with `options.env` added). */
+export async function ctl(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const proc = Bun.spawn([process.execPath, CTL, ...args], {
+    cwd: options.cwd ?? REPO,
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+    env: { ...process.env, ...options.env },
+  });
   const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   return { code, stdout, stderr };
 }
