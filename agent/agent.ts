@@ -13,6 +13,7 @@ import {
   agentRequests,
   controllerRequests,
   LEASE_MS_DEFAULT,
+  LUN_FAILURE_LENGTH_MAX,
   PROTOCOL_VERSION,
   type AgentRequests,
   type ArgsOf,
@@ -69,6 +70,7 @@ export class Agent {
   private exportsVersion = 0;
   private readonly exportWaiters = new Map<number, { pending: number; resolve(): void }>();
   private readonly exportListeners: ((name: string, uri: string) => void)[] = [];
+  private readonly storageErrorsReporting = new Set<number>();
   private readonly refusalListeners: ((error: RemoteError) => void)[] = [];
   private readonly say: (line: string) => void;
 
@@ -208,6 +210,10 @@ export class Agent {
       this.post(worker, { type: "resume", request: message.request });
       return;
     }
+    if (message.type === "storage-error") {
+      this.reportStorageError(message.container, message.message);
+      return;
+    }
     if (message.type !== "fault") return;
     this.forwardFault(message).then(
       (errno) => this.post(worker, errno ? { type: "resume", request: message.request, errno } : { type: "resume", request: message.request }),
@@ -216,6 +222,18 @@ export class Agent {
         this.post(worker, { type: "resume", request: message.request, errno: "EIO" });
       },
     );
+  }
+
+  /** Tells the controller a container failed (R14), once per container until it answers. */
+  private reportStorageError(container: number, message: string): void {
+    this.say(`agent ${this.options.id}: storage container ${container} failed: ${message}`);
+    const controller = this.controller;
+    if (!controller || this.storageErrorsReporting.has(container)) return;
+    this.storageErrorsReporting.add(container);
+    controller
+      .request("storage_error", { container, message: message.slice(0, LUN_FAILURE_LENGTH_MAX) })
+      .catch((error: Error) => this.say(`agent ${this.options.id}: could not report the failure of container ${container}: ${error.message}`))
+      .finally(() => this.storageErrorsReporting.delete(container));
   }
 
   /** Sends a fault to the controller and applies its answer; returns the errno for the host, if any. */
@@ -342,7 +360,7 @@ export class Agent {
     switch (op) {
       case "add_container": {
         const { id, path } = args as ArgsOf<AgentRequests, "add_container">;
-        this.containers.set(id, { id, path });
+        this.containers.set(id, { id, path, epoch: (this.containers.get(id)?.epoch ?? 0) + 1 });
         this.broadcast({ type: "containers", containers: [...this.containers.values()] });
         return {};
       }

@@ -2,7 +2,7 @@
 // tables (WebAssembly lookup, R3) and goes straight to the storage containers. Only when an entry's
 // state forbids the I/O does the request wait for the controller (a fault, R5); it is then retried.
 import { NbdError, type BlockExtent, type ExportHandle, type ExportInfo, type NbdBackend } from "./nbd/backend.ts";
-import { ContainerFiles } from "./storage.ts";
+import type { ContainerFiles } from "./storage.ts";
 import type { InflightTracker } from "./inflight.ts";
 import type { QuiesceGates } from "./gates.ts";
 import type { Lease } from "./lease.ts";
@@ -58,7 +58,6 @@ export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; l
 export class MappedBackend implements NbdBackend {
   private readonly byName = new Map<string, ExportEntry>();
   private readonly byDisk = new Map<number, ExportEntry>();
-  readonly files = new ContainerFiles();
 
   private gateWaiters: (() => void)[] = [];
 
@@ -67,6 +66,7 @@ export class MappedBackend implements NbdBackend {
     readonly inflight: InflightTracker,
     readonly gates: QuiesceGates,
     readonly lease: Lease,
+    readonly files: ContainerFiles,
     readonly sendFault: FaultSender,
   ) {}
 

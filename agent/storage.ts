@@ -20,13 +20,18 @@ function stallWhileFlagged(): void {
 
 export class ContainerFiles {
   private readonly paths = new Map<number, string>();
+  private readonly epochs = new Map<number, number>();
   private readonly fds = new Map<number, number>();
   private zeroChunk: Uint8Array | null = null;
 
+  /** `onError` hears of every failed storage operation (the caller gets an EIO NbdError). */
+  constructor(private readonly onError: (container: number, message: string) => void) {}
+
   update(containers: ContainerEntry[]): void {
-    for (const { id, path } of containers) {
-      if (this.paths.get(id) === path) continue;
+    for (const { id, path, epoch } of containers) {
+      if (this.paths.get(id) === path && this.epochs.get(id) === epoch) continue;
       this.paths.set(id, path);
+      this.epochs.set(id, epoch);
       const fd = this.fds.get(id);
       if (fd !== undefined) closeSync(fd);
       this.fds.delete(id);
@@ -94,7 +99,9 @@ export class ContainerFiles {
     try {
       return operation();
     } catch (error) {
-      throw new NbdError("EIO", `storage container ${container}: ${(error as Error).message}`);
+      const message = (error as Error).message;
+      this.onError(container, message);
+      throw new NbdError("EIO", `storage container ${container}: ${message}`);
     }
   }
 }

@@ -15,6 +15,8 @@ export interface ExportEntry {
 export interface ContainerEntry {
   id: number;
   path: string;
+  /** Bumped whenever the controller names the container again: workers then reopen its file. */
+  epoch: number;
 }
 
 export type NbdListen =
@@ -44,6 +46,8 @@ export type FromWorker =
   | { type: "listening"; tcpPort?: number }
   | { type: "exports-applied"; version: number }
   | { type: "failed"; message: string }
+  /** A storage I/O failed (the host got EIO): the controller is told (R14). */
+  | { type: "storage-error"; container: number; message: string }
   | {
       type: "fault";
       request: number;

@@ -5,6 +5,7 @@ import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
 import { Lease } from "./lease.ts";
 import { MappedBackend } from "./mapped-backend.ts";
+import { ContainerFiles } from "./storage.ts";
 import { NbdError } from "./nbd/backend.ts";
 import { startNbdServer, type NbdServer } from "./nbd/server.ts";
 import type { FromWorker, ToWorker } from "./thread-messages.ts";
@@ -33,7 +34,8 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
   const inflight = InflightTracker.attach(message.inflight, message.thread);
   const gates = QuiesceGates.attach(message.gates);
   const lease = Lease.attach(message.lease, message.clock);
-  backend = new MappedBackend(tables, inflight, gates, lease, (fault) => {
+  const files = new ContainerFiles((container, message) => post({ type: "storage-error", container, message }));
+  backend = new MappedBackend(tables, inflight, gates, lease, files, (fault) => {
     const request = nextRequest++;
     if (fault.gone) return ask({ type: "sync", request });
     const { gone: _, ...rest } = fault;

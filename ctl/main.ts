@@ -8,6 +8,7 @@ import { DEFAULT_CONTROL_ADDRESS, DEFAULT_NBD_ADDRESS, parseAddress } from "../e
 import { formatSize, parseSize } from "../engine/util/size.ts";
 import { RemoteError } from "../engine/wire/peer.ts";
 import type { DiskMode } from "../engine/catalog.ts";
+import type { LunSummary } from "../engine/wire/messages.ts";
 import { clientSecret, SECRET_FILE } from "../engine/secret.ts";
 
 /** Where clients look for the secret last: the data directory of the README's quick start. */
@@ -28,6 +29,15 @@ function addressOption(text: string): string {
   } catch (error) {
     throw new InvalidArgumentError((error as Error).message);
   }
+}
+
+function containerId(text: string): number {
+  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(`"${text}" is not a container id (see ctl lun list)`);
+  return Number(text);
+}
+
+function lunHealth(lun: LunSummary): string {
+  return lun.failed === undefined ? "ok" : `FAILED (${lun.errorEntries} entries in E): ${lun.failed}`;
 }
 
 function countOption(text: string): number {
@@ -310,10 +320,18 @@ lun
     const luns = await withController((client) => client.request("lun.list", {}));
     print(!!options.json, luns, () =>
       table(
-        ["ID", "PATH", "SIZE", "USED", "FREE"],
-        luns.map((l) => [String(l.id), l.path, formatSize(l.size), formatSize(l.usedBytes), formatSize(l.freeBytes)]),
+        ["ID", "PATH", "SIZE", "USED", "FREE", "HEALTH"],
+        luns.map((l) => [String(l.id), l.path, formatSize(l.size), formatSize(l.usedBytes), formatSize(l.freeBytes), lunHealth(l)]),
       ),
     );
+  });
+
+lun
+  .command("repair <id>")
+  .description("put a failed container back in service once it works again; its segments leave the error state")
+  .action(async (id: string) => {
+    const repaired = await withController((client) => client.request("lun.repair", { id: containerId(id) }));
+    console.log(`container ${repaired.id} (${repaired.path}) is back in service`);
   });
 
 try {

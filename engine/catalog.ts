@@ -3,7 +3,7 @@
 // recovery (replaying the log), so the two can never disagree.
 import { DiskTable } from "./disk-table.ts";
 import { RefCounts } from "./refcounts.ts";
-import { AGENTS_MAX, DISK_MODES, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
+import { AGENTS_MAX, DISK_MODES, LUN_FAILURE_LENGTH_MAX, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
 import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./wire/schema.ts";
 import { assert } from "./util/assert.ts";
 import {
@@ -14,12 +14,16 @@ import {
   entryLocation,
   entryOffsetBytes,
   entryState,
+  ERROR_WORD,
   hasLocation,
   withState,
 } from "../wasm/entry.ts";
+import type { Runs } from "./wire/messages.ts";
 
 const lunRecord = object({ t: oneOf("lun"), id: uint(4095), path: str(PATH_LENGTH_MAX), size: uint(), knownZero: bool });
 const highWaterRecord = object({ t: oneOf("hwm"), lun: uint(4095), bytes: uint() });
+/** R14: a container found failing (with why), or back in service (no `failed`). */
+const lunHealthRecord = object({ t: oneOf("lunhealth"), lun: uint(4095), failed: optional(str(LUN_FAILURE_LENGTH_MAX)) });
 export type DiskMode = (typeof DISK_MODES)[number];
 const diskId = uint(2 ** 32 - 1);
 const diskName = str(NAME_LENGTH_MAX, NAME_PATTERN);
@@ -60,6 +64,7 @@ export type MapRecord = Infer<typeof mapRecord>;
 export type LogRecord =
   | LunRecord
   | Infer<typeof highWaterRecord>
+  | Infer<typeof lunHealthRecord>
   | DiskRecord
   | Infer<typeof deleteDiskRecord>
   | MapRecord
@@ -71,6 +76,7 @@ export type LogRecord =
 const recordSchemas: Record<string, Schema<LogRecord>> = {
   lun: lunRecord,
   hwm: highWaterRecord,
+  lunhealth: lunHealthRecord,
   disk: diskRecord,
   rmdisk: deleteDiskRecord,
   map: mapRecord,
@@ -86,6 +92,9 @@ export interface Lun {
   size: number;
   /** Bytes below which the container may hold old data; above it, it reads as zeros. */
   highWater: number;
+  /** Why the container is out of service (R14), or null. Its segments keep their mappings in the
+   *  tables; agents see them as E until the container is repaired. */
+  failed: string | null;
 }
 
 export interface Disk {
@@ -147,12 +156,18 @@ export class Catalog {
     switch (record.t) {
       case "lun":
         assert(!this.luns.has(record.id), `container ${record.id} added twice`);
-        this.luns.set(record.id, { id: record.id, path: record.path, size: record.size, highWater: record.knownZero ? 0 : record.size });
+        this.luns.set(record.id, { id: record.id, path: record.path, size: record.size, highWater: record.knownZero ? 0 : record.size, failed: null });
         break;
       case "hwm": {
         const lun = this.luns.get(record.lun);
         assert(lun, `high-water mark for unknown container ${record.lun}`);
         lun.highWater = Math.max(lun.highWater, Math.min(record.bytes, lun.size));
+        break;
+      }
+      case "lunhealth": {
+        const lun = this.luns.get(record.lun);
+        assert(lun, `health of unknown container ${record.lun}`);
+        lun.failed = record.failed ?? null;
         break;
       }
       case "disk":
@@ -251,6 +266,14 @@ export class Catalog {
     return hasLocation(word) ? this.refs.get(entryContainer(word), entryOffsetBytes(word)) : 0;
   }
 
+  /** Entries [first, first+count) as agents must see them: a segment on a failed container is E
+   *  (R14), though the table keeps its location for when the container is repaired. */
+  agentRuns(disk: Disk, first: number, count: number): Runs {
+    const runs = disk.table.runs(first, count);
+    if (![...this.luns.values()].some((lun) => lun.failed !== null)) return runs;
+    return runs.map(([word, length]) => [hasLocation(word) && this.luns.get(entryContainer(word))?.failed ? ERROR_WORD : word, length]);
+  }
+
   /** The other disks of the family whose entry `index` holds the same location as `word`. */
   sharers(disk: Disk, index: number, word: number): Disk[] {
     const location = entryLocation(word);
@@ -264,6 +287,7 @@ export class Catalog {
     for (const lun of this.luns.values()) {
       yield { t: "lun", id: lun.id, path: lun.path, size: lun.size, knownZero: true };
       yield { t: "hwm", lun: lun.id, bytes: lun.highWater };
+      if (lun.failed !== null) yield { t: "lunhealth", lun: lun.id, failed: lun.failed };
     }
     for (const disk of this.disks.values()) {
       yield {

@@ -5,6 +5,7 @@ import { dirname, join, resolve as resolvePath } from "node:path";
 import { AppendLog } from "./log/append-log.ts";
 import { Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
 import { checkConsistency } from "./check.ts";
+import { ContainerHealth, HEALTH_CHECK_INTERVAL_MS } from "./container-health.ts";
 import { failpoint } from "./failpoints.ts";
 import { FaultResolver, type FaultAnswer } from "./faults.ts";
 import { createSnapshots, diff, rollback, type SnapshotContext } from "./snapshots.ts";
@@ -20,6 +21,7 @@ import {
   DIFF_RANGES_MAX,
   DISKS_MAX,
   LEASE_MS_DEFAULT,
+  LUN_FAILURE_LENGTH_MAX,
   LEASE_MS_MIN,
   PROTOCOL_VERSION,
   type ArgsOf,
@@ -34,6 +36,7 @@ import { ConnectionClosedError, Peer, RequestError } from "./wire/peer.ts";
 import { listen, removeStaleSocket, type Listener } from "./wire/transport.ts";
 import { FRAME_BYTES_MAX } from "./wire/frame.ts";
 import {
+  entryContainer,
   CONTAINER_BYTES_MAX,
   SEGMENT_SHIFT_MAX,
   SEGMENT_SHIFT_MIN,
@@ -105,6 +108,9 @@ export class Controller {
   private listener: Listener | null = null;
   private log!: AppendLog;
   private controlSecret = "";
+  private readonly health = new ContainerHealth();
+  private healthTimer: Timer | undefined;
+  private checkingHealth = false;
   private connections = 0;
   private compactedBytes = 0;
   private compacting: Promise<void> | null = null;
@@ -133,6 +139,7 @@ export class Controller {
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.healthTimer);
     this.listener?.stop(true);
     for (const agent of this.agents.values()) agent.peer.close();
     await this.compacting;
@@ -163,6 +170,8 @@ export class Controller {
     if (this.catalog.luns.size === 0) {
       await this.addLun(join(dataDir, DEFAULT_LUN_FILE), this.options.defaultLunBytes ?? DEFAULT_LUN_BYTES);
     }
+    await this.checkContainers();
+    this.healthTimer = setInterval(() => this.checkContainers(), HEALTH_CHECK_INTERVAL_MS);
     if (this.options.control.kind === "unix") await removeStaleSocket(this.options.control.path);
     this.listener = listen(this.options.control, (stream) => this.accept(new Peer(stream, controllerRequests, agentRequests)));
     this.say(`controller listening on ${formatAddress(this.address)}`);
@@ -207,6 +216,13 @@ export class Controller {
       if (op === "fault") {
         if (!agent) throw new RequestError("EPROTO", "only agents send faults");
         return this.fault(agent, args as ArgsOf<ControllerRequests, "fault">);
+      }
+      if (op === "storage_error") {
+        if (!agent) throw new RequestError("EPROTO", "only agents report storage errors");
+        const { container, message } = args as ArgsOf<ControllerRequests, "storage_error">;
+        if (!this.catalog.luns.has(container)) throw new RequestError("NOT_FOUND", `no container ${container}`);
+        await this.failContainer(container, `agent ${agent.id}: ${message}`);
+        return {};
       }
       return this.serveCtl(op, args);
     });
@@ -269,6 +285,8 @@ export class Controller {
         return checkConsistency(this.catalog, this.pool);
       case "lun.list":
         return [...this.catalog.luns.values()].map((lun) => this.lunSummary(lun.id));
+      case "lun.repair":
+        return this.repairContainer((args as ArgsOf<ControllerRequests, "lun.repair">).id);
       case "agent.list":
         return this.agentSummaries();
       case "disk.export":
@@ -309,7 +327,75 @@ export class Controller {
 
   private lunSummary(id: number): LunSummary {
     const lun = this.catalog.luns.get(id)!;
-    return { id, path: lun.path, size: lun.size, usedBytes: this.pool.usedBytes(id), freeBytes: this.pool.freeBytes(id) };
+    let errorEntries = 0;
+    if (lun.failed !== null) for (const disk of this.catalog.disks.values()) errorEntries += segmentsOn(disk, id).length;
+    return {
+      id,
+      path: lun.path,
+      size: lun.size,
+      usedBytes: this.pool.usedBytes(id),
+      freeBytes: this.pool.freeBytes(id),
+      failed: lun.failed ?? undefined,
+      errorEntries,
+    };
+  }
+
+  // ---- Failing containers (R14) ----
+
+  /** Takes every container that fails its check out of service. */
+  private async checkContainers(): Promise<void> {
+    if (this.checkingHealth) return;
+    this.checkingHealth = true;
+    try {
+      for (const lun of this.catalog.luns.values()) {
+        if (lun.failed !== null) continue;
+        const problem = this.health.problem(lun.id, lun.path);
+        if (problem !== null) await this.failContainer(lun.id, problem);
+      }
+    } catch (error) {
+      this.say(`container check failed: ${(error as Error).message}`);
+    } finally {
+      this.checkingHealth = false;
+    }
+  }
+
+  /** The container's segments turn E for every agent (their tables keep the locations); hosts get
+   *  EIO there and only there, and nothing new is allocated on it. */
+  private async failContainer(id: number, reason: string): Promise<void> {
+    await this.catalogLock.run("catalog", async () => {
+      const lun = this.catalog.luns.get(id)!;
+      if (lun.failed !== null) return;
+      await this.persistRecords([{ t: "lunhealth", lun: id, failed: reason.slice(0, LUN_FAILURE_LENGTH_MAX) }]);
+      this.say(`container ${id} (${lun.path}) is out of service: ${reason}`);
+      await this.pushSegmentsOn(id);
+    });
+  }
+
+  /** Puts a failed container back once it passes the check: agents reopen it and get its
+   *  segments' locations again. */
+  private repairContainer(id: number): Promise<LunSummary> {
+    return this.catalogLock.run("catalog", async () => {
+      const lun = this.catalog.luns.get(id);
+      if (!lun) throw new RequestError("NOT_FOUND", `no container ${id}`);
+      if (lun.failed === null) return this.lunSummary(id);
+      this.health.forget(id);
+      const problem = this.health.problem(id, lun.path);
+      if (problem !== null) throw new RequestError("EIO", `container ${id} still fails its check: ${problem}`);
+      this.pool.reopen(id);
+      await Promise.all([...this.agents.values()].map((agent) => this.toAgent(agent, () => agent.peer.request("add_container", { id, path: lun.path }))));
+      await this.persistRecords([{ t: "lunhealth", lun: id }]);
+      this.say(`container ${id} (${lun.path}) is back in service`);
+      await this.pushSegmentsOn(id);
+      return this.lunSummary(id);
+    });
+  }
+
+  /** Sends every disk's entries on container `id` to its agents, as they now stand. */
+  private async pushSegmentsOn(id: number): Promise<void> {
+    for (const disk of this.catalog.disks.values()) {
+      const segments = segmentsOn(disk, id);
+      if (segments.length > 0) await this.familyLocks.run(disk.family, () => this.pushEntries(disk, segments, { blocking: false }));
+    }
   }
 
   private async createDisk(args: ArgsOf<ControllerRequests, "disk.create">): Promise<DiskSummary> {
@@ -588,7 +674,7 @@ export class Controller {
     await Promise.all(
       this.agentsOf(disk.id, options.except as AgentLink | undefined).flatMap((agent) =>
         ranges.map(([first, count]) =>
-          this.toAgent(agent, () => agent.peer.request("set_entry", { disk: disk.id, first, runs: disk.table.runs(first, count), blocking: options.blocking })),
+          this.toAgent(agent, () => agent.peer.request("set_entry", { disk: disk.id, first, runs: this.catalog.agentRuns(disk, first, count), blocking: options.blocking })),
         ),
       ),
     );
@@ -643,6 +729,13 @@ export class Controller {
     }
     agent.peer.close();
   }
+}
+
+/** The segments of `disk` whose storage lies on container `lun`. */
+function segmentsOn(disk: Disk, lun: number): number[] {
+  const segments: number[] = [];
+  for (const [index, word] of disk.table.locations()) if (entryContainer(word) === lun) segments.push(index);
+  return segments;
 }
 
 function presentedTo(disk: Disk, agentId: string): boolean {

@@ -43,7 +43,7 @@ export class FaultResolver {
       const written = await this.makeWritable(disk, fault, agent);
       if (!written) return { action: "error", errno: "ENOSPC" };
     }
-    return { action: "retry", first: fault.first, runs: disk.table.runs(fault.first, fault.last - fault.first + 1) };
+    return { action: "retry", first: fault.first, runs: this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1) };
   }
 
   /** Gives every segment of the fault a writable location; false when the pool is full. */

@@ -56,7 +56,8 @@ export class Pool {
 
   /** A free block of 2^shift bytes, or null when the whole pool is full. */
   allocate(shift: number): Allocation | null {
-    for (const lun of [...this.catalog.luns.values()].sort((a, b) => this.freeBytes(b.id) - this.freeBytes(a.id))) {
+    const usable = [...this.catalog.luns.values()].filter((lun) => lun.failed === null);
+    for (const lun of usable.sort((a, b) => this.freeBytes(b.id) - this.freeBytes(a.id))) {
       const allocator = this.allocators.get(lun.id)!;
       // Old data can only lie below what was handed out in this run, or below the mark persisted
       // before it (the persisted mark runs ahead in steps, so it is not used for this run's blocks).
@@ -114,6 +115,13 @@ export class Pool {
 
   sync(lun: number): void {
     fdatasyncSync(this.file(lun));
+  }
+
+  /** Closes a container's file: the next operation opens its path again (after a repair). */
+  reopen(lun: number): void {
+    const fd = this.files.get(lun);
+    if (fd !== undefined) closeSync(fd);
+    this.files.delete(lun);
   }
 
   close(): void {

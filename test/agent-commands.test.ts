@@ -122,6 +122,17 @@ describe("agent commands and faults", () => {
     expect(await read(30 * SEGMENT, 512)).toBe(`ok ${blockByte(30)} ${blockByte(30)} 1`);
   });
 
+  test("a storage I/O that fails gets EIO and is reported to the controller (R14)", async () => {
+    const missing = 9;
+    await command("add_container", { id: missing, path: join(dir.path, "no-such-container.img") });
+    await command("set_entry", { disk: DISK, first: 40, runs: [[mappedWord(missing, 0), 1]], blocking: false });
+    const reported = new Promise((resolve) => (standIn.onStorageError = resolve));
+    expect(await read(40 * SEGMENT, 512)).toBe("EIO");
+    expect(await reported).toEqual({ container: missing, message: expect.stringContaining("no-such-container.img") });
+    // Other segments are unaffected.
+    expect(await read(0, 512)).toBe(`ok ${blockByte(5)} ${blockByte(5)} 1`);
+  });
+
   test("Nw: reads go to storage, a write faults and lands only after the controller clears Nw", async () => {
     const location = 40 * SEGMENT;
     await command("set_entry", { disk: DISK, first: 40, runs: [[mappedWord(CONTAINER, location, true), 1]], blocking: false });

@@ -70,12 +70,20 @@ export type DiskSummary = Infer<typeof diskSummary>;
 const agentSummary = object({ id: name, nbd: str(PATH_LENGTH_MAX), connected: bool, disks: array(name, DISKS_MAX) });
 export type AgentSummary = Infer<typeof agentSummary>;
 
+/** Longest reason kept for a failed container. */
+export const LUN_FAILURE_LENGTH_MAX = 1024;
+const lunFailure = str(LUN_FAILURE_LENGTH_MAX);
+
 const lunSummary = object({
   id: uint(),
   path: str(PATH_LENGTH_MAX),
   size: uint(),
   usedBytes: uint(),
   freeBytes: uint(),
+  /** R14: why the container is out of service; absent when healthy. */
+  failed: optional(lunFailure),
+  /** Entries (over all disks) in the error state because they lie on this container. */
+  errorEntries: uint(),
 });
 export type LunSummary = Infer<typeof lunSummary>;
 
@@ -119,6 +127,8 @@ export const controllerRequests = {
   },
   "lun.add": { args: object({ path: str(PATH_LENGTH_MAX), size: uint() }), result: lunSummary },
   "lun.list": { args: object({}), result: array(lunSummary, CONTAINERS_MAX) },
+  /** Puts a failed container back in service once it passes a check again (R14). */
+  "lun.repair": { args: object({ id: uint(CONTAINERS_MAX) }), result: lunSummary },
   "agent.list": { args: object({}), result: array(agentSummary, AGENTS_MAX) },
   /** Presents a disk to one more agent (R7); the first export makes the disk's list explicit. */
   "disk.export": { args: object({ name, agent: name }), result: diskSummary },
@@ -134,6 +144,8 @@ export const controllerRequests = {
   },
   /** An agent renews its lease (R8). */
   renew: { args: object({}), result: object({}) },
+  /** An agent's I/O to a container failed: the controller takes the container out of service. */
+  storage_error: { args: object({ container: uint(CONTAINERS_MAX), message: lunFailure }), result: object({}) },
   fault: {
     args: object({
       disk: diskId,
@@ -155,6 +167,7 @@ export const controllerRequests = {
 
 /** Commands the controller sends to agents (R6). */
 export const agentRequests = {
+  /** Also sent again for a container already known: the agent then reopens it (after a repair). */
   add_container: { args: object({ id: uint(), path: str(PATH_LENGTH_MAX) }), result: object({}) },
   new_table: { args: tableArgs, result: object({}) },
   delete_table: { args: object({ disk: diskId, blocking: bool }), result: object({}) },

@@ -13,6 +13,8 @@ export interface StandIn {
   agent: Child;
   nbdSocket: string;
   faults: Fault[];
+  /** Hears every storage failure the agent reports (R14). */
+  onStorageError: (report: ArgsOf<ControllerRequests, "storage_error">) => void;
   answerFault: (fault: Fault) => FaultAnswer;
   command<K extends keyof typeof agentRequests & string>(op: K, args: ArgsOf<typeof agentRequests, K>): Promise<ResultOf<typeof agentRequests, K>>;
   stop(): Promise<void>;
@@ -26,6 +28,7 @@ export async function startStandIn(dir: string, env: Record<string, string> = {}
     agent: null as unknown as Child,
     nbdSocket: join(dir, "nbd.sock"),
     faults: [],
+    onStorageError: () => undefined,
     answerFault: () => ({ action: "error", errno: "EIO" }),
     command: (op, args) => peer!.request(op, args),
     async stop() {
@@ -44,6 +47,10 @@ export async function startStandIn(dir: string, env: Record<string, string> = {}
       if (op === "fault") {
         standIn.faults.push(args as Fault);
         return standIn.answerFault(args as Fault);
+      }
+      if (op === "storage_error") {
+        standIn.onStorageError(args as ArgsOf<ControllerRequests, "storage_error">);
+        return {};
       }
       throw new Error(`unexpected ${op}`);
     });
