@@ -282,6 +282,7 @@ export class Agent {
         // The controller loads every table before it answers hello; a table it did not send
         // belongs to a disk deleted while we were apart.
         this.reloaded = new Set();
+        await this.forgetEntries();
         const asked = this.lease.now();
         await peer.request("hello", {
           version: PROTOCOL_VERSION,
@@ -348,6 +349,17 @@ export class Agent {
    * reverts to Invalid, so no I/O goes to storage on old mappings; workers also check the lease
    * right before each storage I/O. The controller has fenced this agent and goes on without it.
    */
+  /**
+   * Before hello: the controller may have changed any table while we were apart (or restarted and
+   * lost track of what we hold), so every entry goes Invalid and I/O already past its lookup
+   * finishes. A hello then tells the controller that we hold nothing stale, and changes it held
+   * back for us can go ahead (R8).
+   */
+  private async forgetEntries(): Promise<void> {
+    for (const table of this.tables.values()) this.shared.fillEntries(table.slot, 0, table.entryCount, INVALID_WORD);
+    await this.inflight.drain();
+  }
+
   private checkLease(): void {
     if (this.lease.valid() || this.stopping) return;
     this.say(`agent ${this.options.id}: lease expired; I/O stops until the controller is reached again`);

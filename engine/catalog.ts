@@ -3,7 +3,7 @@
 // recovery (replaying the log), so the two can never disagree.
 import { DiskTable } from "./disk-table.ts";
 import { RefCounts } from "./refcounts.ts";
-import { AGENTS_MAX, DISK_MODES, LUN_FAILURE_LENGTH_MAX, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
+import { AGENTS_MAX, DISK_MODES, LEASE_MS_MAX, LUN_FAILURE_LENGTH_MAX, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
 import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./wire/schema.ts";
 import { assert } from "./util/assert.ts";
 import {
@@ -55,6 +55,11 @@ const cloneRecord = object({
 });
 /** The agents (hosts) a disk is presented to (R7); a disk never given a list is presented to all. */
 const presentRecord = object({ t: oneOf("present"), disk: diskId, agents: array(diskName, AGENTS_MAX) });
+/** An agent the controller has served, with its lease: after a restart the controller waits for
+ *  it to register again, or for its lease to run out, before changing what it may hold (R8). */
+const agentRecord = object({ t: oneOf("agent"), id: diskName, leaseMs: uint(LEASE_MS_MAX) });
+/** An agent fenced after its lease ran out: it holds nothing any more. */
+const agentGoneRecord = object({ t: oneOf("agentgone"), id: diskName });
 /** A disk's table replaced by a copy of another disk's (rollback to a snapshot). */
 const rollbackRecord = object({ t: oneOf("rollback"), disk: diskId, from: diskId });
 
@@ -71,7 +76,9 @@ export type LogRecord =
   | Infer<typeof noWriteRecord>
   | Infer<typeof cloneRecord>
   | Infer<typeof rollbackRecord>
-  | Infer<typeof presentRecord>;
+  | Infer<typeof presentRecord>
+  | Infer<typeof agentRecord>
+  | Infer<typeof agentGoneRecord>;
 
 const recordSchemas: Record<string, Schema<LogRecord>> = {
   lun: lunRecord,
@@ -84,6 +91,8 @@ const recordSchemas: Record<string, Schema<LogRecord>> = {
   clone: cloneRecord,
   rollback: rollbackRecord,
   present: presentRecord,
+  agent: agentRecord,
+  agentgone: agentGoneRecord,
 };
 
 export interface Lun {
@@ -130,6 +139,8 @@ export class Catalog {
   readonly luns = new Map<number, Lun>();
   readonly disks = new Map<number, Disk>();
   readonly refs = new RefCounts();
+  /** Agents that may hold tables, with their lease in ms. */
+  readonly agents = new Map<string, number>();
   private nextDiskId = 1;
 
   diskByName(name: string): Disk | undefined {
@@ -164,6 +175,12 @@ export class Catalog {
         lun.highWater = Math.max(lun.highWater, Math.min(record.bytes, lun.size));
         break;
       }
+      case "agent":
+        this.agents.set(record.id, record.leaseMs);
+        break;
+      case "agentgone":
+        this.agents.delete(record.id);
+        break;
       case "lunhealth": {
         const lun = this.luns.get(record.lun);
         assert(lun, `health of unknown container ${record.lun}`);
@@ -288,6 +305,9 @@ export class Catalog {
       yield { t: "lun", id: lun.id, path: lun.path, size: lun.size, knownZero: true };
       yield { t: "hwm", lun: lun.id, bytes: lun.highWater };
       if (lun.failed !== null) yield { t: "lunhealth", lun: lun.id, failed: lun.failed };
+    }
+    for (const [id, leaseMs] of this.agents) {
+      yield { t: "agent", id, leaseMs };
     }
     for (const disk of this.disks.values()) {
       yield {

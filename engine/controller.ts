@@ -15,6 +15,7 @@ import { KeyedMutex } from "./util/mutex.ts";
 import { formatAddress, type Address } from "./util/address.ts";
 import { formatSize } from "./util/size.ts";
 import {
+  AGENTS_MAX,
   agentRequests,
   controllerRequests,
   CONTAINERS_MAX,
@@ -32,7 +33,8 @@ import {
   type ResultOf,
   type SettableState,
 } from "./wire/messages.ts";
-import { ConnectionClosedError, Peer, RequestError } from "./wire/peer.ts";
+import { Peer, RequestError } from "./wire/peer.ts";
+import { AgentLink, type AgentPeer } from "./agent-link.ts";
 import { listen, removeStaleSocket, type Listener } from "./wire/transport.ts";
 import { FRAME_BYTES_MAX } from "./wire/frame.ts";
 import {
@@ -54,8 +56,6 @@ export const COMPACT_SLACK_BYTES_DEFAULT = 64 * 2 ** 20;
 /** How long a consistency group waits for agents to finish their I/O in progress. */
 export const GROUP_QUIESCE_TIMEOUT_MS_DEFAULT = 5_000;
 const QUIESCE_ANSWER_GRACE_MS = 1_000;
-/** Margin for clock rates and scheduling between an agent's lease and the controller's view of it. */
-const LEASE_GRACE_MS = 500;
 /** A connection that has not said hello by then is closed (it holds a socket and nothing else). */
 const HELLO_TIMEOUT_MS = 10_000;
 /** Until hello has proved the secret, a connection may send only small frames. */
@@ -71,19 +71,6 @@ export interface ControllerOptions {
   defaultLunBytes?: number;
   compactSlackBytes?: number;
   log?: (line: string) => void;
-}
-
-type AgentPeer = Peer<ControllerRequests, typeof agentRequests>;
-
-interface AgentLink {
-  id: string;
-  nbd: string;
-  peer: AgentPeer;
-  /** Disks whose table this agent holds. */
-  disks: Set<number>;
-  leaseMs: number;
-  /** When the controller last heard a renewal (performance.now(): monotonic). */
-  renewedAt: number;
 }
 
 export class Controller {
@@ -141,7 +128,7 @@ export class Controller {
   async stop(): Promise<void> {
     clearInterval(this.healthTimer);
     this.listener?.stop(true);
-    for (const agent of this.agents.values()) agent.peer.close();
+    for (const agent of this.agents.values()) agent.end();
     await this.compacting;
     await this.log?.close();
     this.pool.close();
@@ -166,6 +153,7 @@ export class Controller {
       this.catalog.apply(record);
     }
     this.pool.rebuild();
+    this.expectKnownAgents();
     this.compactedBytes = this.log.sizeBytes;
     if (this.catalog.luns.size === 0) {
       await this.addLun(join(dataDir, DEFAULT_LUN_FILE), this.options.defaultLunBytes ?? DEFAULT_LUN_BYTES);
@@ -228,14 +216,26 @@ export class Controller {
     });
   }
 
-  /** Registers an agent and loads it (containers, then a table per disk) before hello is answered. */
+  /**
+   * Registers an agent and loads it (containers, then a table per disk) before hello is answered.
+   * The agent dropped every entry it held before it said hello, so a link it had before (cut off,
+   * or known from before a restart) ends now; a link still connected ends only with its lease.
+   */
   private async registerAgent(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
-    this.agents.get(id)?.peer.close();
-    const agent: AgentLink = { id, nbd, peer, disks: new Set(), leaseMs, renewedAt: performance.now() };
+    if (!this.catalog.agents.has(id) && this.catalog.agents.size >= AGENTS_MAX) {
+      throw new RequestError("ENOSPC", `the limit of ${AGENTS_MAX} agents is reached`, true);
+    }
+    const before = this.agents.get(id);
+    const agent = new AgentLink(id, nbd, peer, leaseMs, (link) => this.fence(link));
     this.agents.set(id, agent);
-    peer.onClosed(() => {
-      if (this.agents.get(id) === agent) this.agents.delete(id);
-    });
+    if (before?.connected) {
+      before.peer!.close();
+      before.watchLease();
+    } else {
+      before?.end();
+    }
+    peer.onClosed(() => agent.watchLease());
+    if (this.catalog.agents.get(id) !== leaseMs) await this.persistRecords([{ t: "agent", id, leaseMs }]);
     await this.catalogLock.run("catalog", async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
       for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) await this.sendTable(agent, disk);
@@ -244,19 +244,33 @@ export class Controller {
     return agent;
   }
 
+  /** After a restart every agent known from the log may still serve the tables it had: until it
+   *  registers again or its lease runs out, changes to them wait for it (R8). */
+  private expectKnownAgents(): void {
+    for (const [id, leaseMs] of this.catalog.agents) {
+      const agent = new AgentLink(id, "", null, leaseMs, (link) => this.fence(link));
+      for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) agent.disks.add(disk.id);
+      this.agents.set(id, agent);
+      agent.watchLease();
+    }
+  }
+
   private async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
-    await agent.peer.request("new_table", {
-      disk: disk.id,
-      name: disk.name,
-      size: disk.size,
-      segmentShift: disk.segmentShift,
-      readOnly: false,
-    });
+    await agent.call((peer) =>
+      peer.request("new_table", {
+        disk: disk.id,
+        name: disk.name,
+        size: disk.size,
+        segmentShift: disk.segmentShift,
+        readOnly: false,
+      }),
+    );
     agent.disks.add(disk.id);
   }
 
+  /** The agents that hold (or may hold) the table of `diskId`, connected or not. */
   private agentsOf(diskId: number, except?: AgentLink): AgentLink[] {
-    return [...this.agents.values()].filter((agent) => agent !== except && agent.disks.has(diskId) && !agent.peer.isClosed);
+    return [...this.agents.values()].filter((agent) => agent !== except && agent.disks.has(diskId));
   }
 
   private async serveCtl(op: string, args: unknown): Promise<unknown> {
@@ -382,7 +396,7 @@ export class Controller {
       const problem = this.health.problem(id, lun.path);
       if (problem !== null) throw new RequestError("EIO", `container ${id} still fails its check: ${problem}`);
       this.pool.reopen(id);
-      await Promise.all([...this.agents.values()].map((agent) => this.toAgent(agent, () => agent.peer.request("add_container", { id, path: lun.path }))));
+      await Promise.all([...this.agents.values()].map((agent) => agent.call((peer) => peer.request("add_container", { id, path: lun.path }))));
       await this.persistRecords([{ t: "lunhealth", lun: id }]);
       this.say(`container ${id} (${lun.path}) is back in service`);
       await this.pushSegmentsOn(id);
@@ -426,7 +440,7 @@ export class Controller {
         // Agents drop the table and finish their I/O to it before any segment is freed.
         await Promise.all(
           this.agentsOf(disk.id).map(async (agent) => {
-            await this.toAgent(agent, () => agent.peer.request("delete_table", { disk: disk.id, blocking: true }));
+            await agent.call((peer) => peer.request("delete_table", { disk: disk.id, blocking: true }));
             agent.disks.delete(disk.id);
           }),
         );
@@ -494,7 +508,7 @@ export class Controller {
     const results = await Promise.allSettled(
       agents.map((agent) =>
         withDeadline(
-          agent.peer.request("quiesce", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id), timeoutMs }),
+          agent.call((peer) => peer.request("quiesce", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id), timeoutMs })),
           timeoutMs + QUIESCE_ANSWER_GRACE_MS,
           `no answer to quiesce within ${timeoutMs + QUIESCE_ANSWER_GRACE_MS} ms`,
         ),
@@ -513,8 +527,8 @@ export class Controller {
   private async activateAll(agents: AgentLink[], disks: Disk[]): Promise<void> {
     await Promise.all(
       agents.map((agent) => {
-        const activated = this.toAgent(agent, () =>
-          agent.peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) }),
+        const activated = agent.call((peer) =>
+          peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) }),
         );
         return withDeadline(activated, QUIESCE_ANSWER_GRACE_MS, "no answer").catch((error: Error) =>
           this.say(`agent ${agent.id}: activate: ${error.message}`),
@@ -554,7 +568,7 @@ export class Controller {
   /** Sends a new disk's table to every connected agent it is presented to. */
   private async exportDisk(disk: Disk): Promise<void> {
     const agents = [...this.agents.values()].filter((agent) => presentedTo(disk, agent.id));
-    await Promise.all(agents.map((agent) => this.toAgent(agent, () => this.sendTable(agent, disk))));
+    await Promise.all(agents.map((agent) => this.sendTable(agent, disk)));
   }
 
   /**
@@ -574,9 +588,9 @@ export class Controller {
         await Promise.all(
           [...this.agents.values()].map(async (agent) => {
             const wanted = presentedTo(disk, agent.id);
-            if (wanted && !agent.disks.has(disk.id)) await this.toAgent(agent, () => this.sendTable(agent, disk));
+            if (wanted && !agent.disks.has(disk.id)) await this.sendTable(agent, disk);
             if (!wanted && agent.disks.has(disk.id)) {
-              await this.toAgent(agent, () => agent.peer.request("delete_table", { disk: disk.id, blocking: true }));
+              await agent.call((peer) => peer.request("delete_table", { disk: disk.id, blocking: true }));
               agent.disks.delete(disk.id);
             }
           }),
@@ -590,7 +604,7 @@ export class Controller {
     return [...this.agents.values()].map((agent) => ({
       id: agent.id,
       nbd: agent.nbd,
-      connected: !agent.peer.isClosed,
+      connected: agent.connected,
       disks: [...agent.disks].flatMap((id) => this.catalog.disks.get(id)?.name ?? []),
     }));
   }
@@ -617,7 +631,7 @@ export class Controller {
     const id = this.catalog.newLunId();
     await this.persistRecords([{ t: "lun", id, path, size, knownZero: created }]);
     this.pool.addLun(this.catalog.luns.get(id)!);
-    await Promise.all([...this.agents.values()].map((agent) => agent.peer.request("add_container", { id, path })));
+    await Promise.all([...this.agents.values()].map((agent) => agent.call((peer) => peer.request("add_container", { id, path }))));
     return this.lunSummary(id);
   }
 
@@ -674,7 +688,7 @@ export class Controller {
     await Promise.all(
       this.agentsOf(disk.id, options.except as AgentLink | undefined).flatMap((agent) =>
         ranges.map(([first, count]) =>
-          this.toAgent(agent, () => agent.peer.request("set_entry", { disk: disk.id, first, runs: this.catalog.agentRuns(disk, first, count), blocking: options.blocking })),
+          agent.call((peer) => peer.request("set_entry", { disk: disk.id, first, runs: this.catalog.agentRuns(disk, first, count), blocking: options.blocking })),
         ),
       ),
     );
@@ -684,37 +698,9 @@ export class Controller {
     const count = disk.table.entryCount;
     await Promise.all(
       this.agentsOf(disk.id).map((agent) =>
-        this.toAgent(agent, () => agent.peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking })),
+        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking })),
       ),
     );
-  }
-
-  /**
-   * Runs a command on an agent. An agent whose connection is gone reloads every table when it
-   * registers again, so it misses nothing; any other failure is reported.
-   */
-  private async toAgent(agent: AgentLink, command: () => Promise<unknown>): Promise<void> {
-    let timer: Timer | undefined;
-    const fenced = new Promise<void>((resolve) => {
-      const check = () => {
-        const left = agent.renewedAt + agent.leaseMs + LEASE_GRACE_MS - performance.now();
-        if (left > 0) {
-          timer = setTimeout(check, left);
-          return;
-        }
-        this.fence(agent);
-        resolve();
-      };
-      check();
-    });
-    try {
-      await Promise.race([command(), fenced]);
-    } catch (error) {
-      if (error instanceof ConnectionClosedError) return;
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
   }
 
   /**
@@ -726,8 +712,9 @@ export class Controller {
     if (this.agents.get(agent.id) === agent) {
       this.say(`agent ${agent.id}: lease expired; fenced until it registers again`);
       this.agents.delete(agent.id);
+      this.persistRecords([{ t: "agentgone", id: agent.id }]).catch((error: Error) => this.say(`agent ${agent.id}: ${error.message}`));
     }
-    agent.peer.close();
+    agent.end();
   }
 }
 
