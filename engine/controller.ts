@@ -3,6 +3,7 @@
 import { existsSync, mkdirSync, statSync, closeSync, openSync, ftruncateSync, fsyncSync } from "node:fs";
 import { dirname, join, resolve as resolvePath } from "node:path";
 import { AppendLog } from "./log/append-log.ts";
+import { fsyncDirSync } from "./log/log-io.ts";
 import { Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
 import { checkConsistency } from "./check.ts";
 import { ContainerHealth, HEALTH_CHECK_INTERVAL_MS } from "./container-health.ts";
@@ -757,12 +758,7 @@ function createContainerFile(path: string, size: number): boolean {
   } finally {
     closeSync(fd);
   }
-  const dir = openSync(dirname(path), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
+  fsyncDirSync(path);
   return true;
 }
 

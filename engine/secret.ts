@@ -4,6 +4,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { closeSync, existsSync, fsyncSync, linkSync, openSync, readFileSync, rmSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { fsyncDirSync } from "./log/log-io.ts";
 
 export const SECRET_FILE = "control.secret";
 export const SECRET_LENGTH_MAX = 256;
@@ -86,10 +87,5 @@ function createSecretFile(path: string): void {
   } finally {
     unlinkSync(temporary);
   }
-  const dir = openSync(dirname(path), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
+  fsyncDirSync(path);
 }
