@@ -1,0 +1,108 @@
+// A running system of separate processes for integration tests: `ctl controller` and several
+// `ctl agent --id ID` on unix sockets in a temp dir. Any of them can be killed and started again
+// (a killed agent comes back under the same id and socket; agents find a new controller themselves).
+import { join } from "node:path";
+import { Child, ctl, spawnCtl, tempDir } from "./processes.ts";
+
+/** The name `Cluster.restart` and `Cluster.child` use for the controller (agent ids are others). */
+export const CONTROLLER = "controller";
+const REGISTERED = /registered with the controller/;
+
+export interface ClusterOptions {
+  /** Agent ids, each started with its own NBD socket. */
+  agents: string[];
+  /** Size of the controller's default storage container (`--lun-size`). */
+  lunSize?: string;
+}
+
+export class Cluster {
+  readonly control: string;
+  readonly data: string;
+  private controllerChild: Child | null = null;
+  private readonly agentChildren = new Map<string, Child>();
+
+  private constructor(
+    readonly dir: string,
+    private readonly options: ClusterOptions,
+    private readonly removeDir: () => void,
+  ) {
+    this.control = `unix:${join(dir, "control.sock")}`;
+    this.data = join(dir, "data");
+  }
+
+  /** Starts the controller, then every agent, and resolves once each agent is registered. */
+  static async start(options: ClusterOptions): Promise<Cluster> {
+    const dir = tempDir("cluster");
+    const cluster = new Cluster(dir.path, options, dir.remove);
+    await cluster.startController();
+    for (const id of options.agents) await cluster.startAgent(id);
+    return cluster;
+  }
+
+  /** The running process of the controller or of an agent. */
+  child(name: string): Child {
+    const child = name === CONTROLLER ? this.controllerChild : this.agentChildren.get(name);
+    if (!child) throw new Error(`cluster: no process named ${name}`);
+    return child;
+  }
+
+  socket(agent: string): string {
+    if (!this.options.agents.includes(agent)) throw new Error(`cluster: no agent ${agent}`);
+    return join(this.dir, `nbd-${agent}.sock`);
+  }
+
+  uri(agent: string, disk: string): string {
+    return `nbd+unix:///${disk}?socket=${this.socket(agent)}`;
+  }
+
+  /** Runs ctl against this cluster's controller. */
+  ctl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return ctl(["--control", this.control, ...args]);
+  }
+
+  /** Runs ctl and fails with its error output unless it succeeds; returns its stdout. */
+  async ctlOk(args: string[]): Promise<string> {
+    const result = await this.ctl(args);
+    if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
+    return result.stdout;
+  }
+
+  /** Creates a disk; the controller has given its table to every agent when this resolves. */
+  async createDisk(name: string, size: string, extra: string[] = []): Promise<void> {
+    await this.ctlOk(["disk", "create", name, "--size", size, ...extra]);
+  }
+
+  async startController(): Promise<void> {
+    const args = ["--control", this.control, "controller", "--data", this.data];
+    if (this.options.lunSize) args.push("--lun-size", this.options.lunSize);
+    this.controllerChild = spawnCtl(args, CONTROLLER);
+    await this.controllerChild.waitForLine(/^ready:/);
+  }
+
+  async startAgent(id: string): Promise<void> {
+    const child = spawnCtl(["--control", this.control, "agent", "--id", id, "--nbd", `unix:${this.socket(id)}`], `agent-${id}`);
+    this.agentChildren.set(id, child);
+    await child.waitForLine(REGISTERED);
+  }
+
+  /**
+   * Kills the named processes (CONTROLLER and/or agent ids) at once with `signal`, starts them
+   * again (the controller first) and resolves once every agent is registered with the controller:
+   * a restarted one, and, when the controller was restarted, every other one too.
+   */
+  async restart(names: string[], signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    const controllerToo = names.includes(CONTROLLER);
+    const killedAgents = this.options.agents.filter((id) => names.includes(id));
+    const survivors = this.options.agents.filter((id) => !names.includes(id));
+    const marks = new Map(survivors.map((id) => [id, this.child(id).lines.length]));
+    await Promise.all(names.map((name) => this.child(name).kill(signal)));
+    if (controllerToo) await this.startController();
+    await Promise.all(killedAgents.map((id) => this.startAgent(id)));
+    if (controllerToo) await Promise.all(survivors.map((id) => this.child(id).waitForLine(REGISTERED, undefined, marks.get(id))));
+  }
+
+  /** Removes the directory (call after the processes are gone: `reapAll` in afterAll). */
+  remove(): void {
+    this.removeDir();
+  }
+}
