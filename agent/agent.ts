@@ -476,8 +476,10 @@ export class Agent {
     this.shared.retireTable(table.slot);
     await this.inflight.drain();
     this.shared.freeTable(table.slot);
-    this.gates.open(table.slot);
     this.freeSlots.push(table.slot);
+    // I/O held by a quiesce whose activate never came (the controller died mid-group) wakes and
+    // finds its table gone.
+    this.openGates([table]);
   }
 
   /**

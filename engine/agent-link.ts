@@ -10,11 +10,26 @@ export type AgentPeer = Peer<ControllerRequests, typeof agentRequests>;
 /** Margin for clock rates and scheduling between an agent's lease and the controller's view of it. */
 export const LEASE_GRACE_MS = 500;
 
+/** The time leases are counted in: monotonic, with timers. A simulator gives its own. */
+export interface LeaseClock {
+  now(): number;
+  /** Runs `run` after `ms`; returns what cancels it. */
+  after(ms: number, run: () => void): () => void;
+}
+
+const monotonicClock: LeaseClock = {
+  now: () => performance.now(),
+  after: (ms, run) => {
+    const timer = setTimeout(run, ms);
+    return () => clearTimeout(timer);
+  },
+};
+
 export class AgentLink {
   /** Disks whose table this agent holds (or, for an agent not heard from since a restart, may hold). */
   readonly disks = new Set<number>();
-  /** When the controller last heard a renewal (performance.now(): monotonic). */
-  renewedAt = performance.now();
+  /** When the controller last heard a renewal (on the lease clock). */
+  renewedAt: number;
   /** Resolves when this link is over: the agent was fenced or registered again. */
   readonly gone: Promise<void>;
   private endGone!: () => void;
@@ -29,7 +44,9 @@ export class AgentLink {
     readonly leaseMs: number,
     /** Called once the lease has run out with no renewal; the owner then ends the link. */
     private readonly onLeaseLapsed: (link: AgentLink) => void,
+    private readonly clock: LeaseClock = monotonicClock,
   ) {
+    this.renewedAt = clock.now();
     this.gone = new Promise((resolve) => (this.endGone = resolve));
   }
 
@@ -77,12 +94,12 @@ export class AgentLink {
 
   /** Resolves once the lease has run out with no renewal (renewals met on the way push it on). */
   private whenLapsed(): { lapsed: Promise<void>; cancel(): void } {
-    let timer: Timer | undefined;
+    let cancelTimer: (() => void) | undefined;
     const lapsed = new Promise<void>((resolve) => {
       const check = () => {
-        const left = this.renewedAt + this.leaseMs + LEASE_GRACE_MS - performance.now();
+        const left = this.renewedAt + this.leaseMs + LEASE_GRACE_MS - this.clock.now();
         if (left > 0) {
-          timer = setTimeout(check, left);
+          cancelTimer = this.clock.after(left, check);
           return;
         }
         this.onLeaseLapsed(this);
@@ -90,6 +107,6 @@ export class AgentLink {
       };
       check();
     });
-    return { lapsed, cancel: () => clearTimeout(timer) };
+    return { lapsed, cancel: () => cancelTimer?.() };
   }
 }

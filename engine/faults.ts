@@ -62,13 +62,23 @@ export class FaultResolver {
     const records: LogRecord[] = [];
     // Nobody else uses these any more (their sharers were deleted): Nw just goes.
     for (const segment of exclusive) records.push(this.entryRecord(disk, segment, withoutNoWrite(disk.table.get(segment))));
-    const written = new Set<number>();
-    for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, fault, records, written);
     const copies = shared.map((segment, i) => ({ segment, from: disk.table.get(segment), to: fresh[zero.length + i]! }));
-    this.copyOldContents(disk, copies, fault, written);
-    // New contents (zeros, copies) must be on disk before the mapping that exposes them is; a
-    // never-used block of a sparse container needs neither writing nor a sync.
-    for (const lun of written) this.ctx.pool.sync(lun);
+    try {
+      // After a restart the pool hands out blocks above the persisted high-water mark as never
+      // used, without zeroing them: the mark must cover a block before anything (a copy) is
+      // written there.
+      await this.ctx.persist(this.highWaterRecords(disk, fresh));
+      const written = new Set<number>();
+      for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, records, written);
+      this.copyOldContents(disk, copies, written);
+      // New contents (zeros, copies) must be on disk before the mapping that exposes them is; a
+      // never-used block of a sparse container needs neither writing nor a sync.
+      for (const lun of written) this.ctx.pool.sync(lun);
+    } catch (error) {
+      // An error (a failing container, R14): no table points at the new segments yet, so they go back.
+      this.giveBack(disk, fresh);
+      throw error;
+    }
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-copy`);
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
@@ -85,7 +95,7 @@ export class FaultResolver {
     for (let i = 0; i < count; i += 1) {
       const block = pool.allocate(disk.segmentShift);
       if (!block) {
-        for (const undo of taken) pool.release(undo.lun, undo.offset, disk.segmentShift);
+        this.giveBack(disk, taken);
         return null;
       }
       taken.push(block);
@@ -93,32 +103,29 @@ export class FaultResolver {
     return taken;
   }
 
-  /** A Z segment gets storage; what the write does not cover reads as zeros (R13). */
-  private prepareZeroSegment(disk: Disk, segment: number, block: Allocation, fault: FaultArgs, records: LogRecord[], written: Set<number>): void {
-    const { pool } = this.ctx;
-    const segmentSize = 2 ** disk.segmentShift;
-    this.noteHighWater(disk, block, records);
+  private giveBack(disk: Disk, blocks: Allocation[]): void {
+    for (const block of blocks) this.ctx.pool.release(block.lun, block.offset, disk.segmentShift);
+  }
+
+  /**
+   * A Z segment gets storage that reads as zeros (R13). A block that may hold old data is zeroed
+   * whole, the part the write covers too: other agents may read the segment before the write
+   * lands, and the write may never land (it can fail, or its agent crash).
+   */
+  private prepareZeroSegment(disk: Disk, segment: number, block: Allocation, records: LogRecord[], written: Set<number>): void {
     if (block.dirty) {
-      const start = segment * segmentSize;
-      const coveredFrom = Math.min(segmentSize, Math.max(fault.offset, start) - start);
-      const coveredTo = Math.max(coveredFrom, Math.min(fault.offset + fault.length, start + segmentSize) - start);
-      if (coveredFrom > 0) pool.zero(block.lun, block.offset, coveredFrom);
-      if (coveredTo < segmentSize) pool.zero(block.lun, block.offset + coveredTo, segmentSize - coveredTo);
+      this.ctx.pool.zero(block.lun, block.offset, 2 ** disk.segmentShift);
       written.add(block.lun);
     }
     records.push(this.entryRecord(disk, segment, mappedWord(block.lun, block.offset)));
   }
 
-  /** Steps 440/540: the old contents go to the new segment. A forward-delta write that covers the
-   *  whole segment needs no copy, since the faulting disk's data there is all new. */
-  private copyOldContents(disk: Disk, copies: Copy[], fault: FaultArgs, written: Set<number>): void {
-    const segmentSize = 2 ** disk.segmentShift;
-    for (const { segment, from, to } of copies) {
-      const start = segment * segmentSize;
-      const end = Math.min(start + segmentSize, disk.size);
-      const covered = fault.offset <= start && fault.offset + fault.length >= end;
-      if (disk.mode === "forward" && covered) continue;
-      this.ctx.pool.copy(entryContainer(from), entryOffsetBytes(from), to.lun, to.offset, segmentSize);
+  /** Steps 440/540: the old contents go to the new segment. Even a write that covers the whole
+   *  segment needs them there: until it lands (and if it never does) the segment must read as
+   *  the disk did, for this agent and every other one it is pushed to. */
+  private copyOldContents(disk: Disk, copies: Copy[], written: Set<number>): void {
+    for (const { from, to } of copies) {
+      this.ctx.pool.copy(entryContainer(from), entryOffsetBytes(from), to.lun, to.offset, 2 ** disk.segmentShift);
       written.add(to.lun);
     }
   }
@@ -126,10 +133,7 @@ export class FaultResolver {
   /** Process 400, step 450: the faulting disk moves to the new segment, Nw cleared; the other
    *  disks keep the old one. */
   private forwardDelta(disk: Disk, copies: Copy[], records: LogRecord[]): void {
-    for (const { segment, to } of copies) {
-      this.noteHighWater(disk, to, records);
-      records.push(this.entryRecord(disk, segment, mappedWord(to.lun, to.offset)));
-    }
+    for (const { segment, to } of copies) records.push(this.entryRecord(disk, segment, mappedWord(to.lun, to.offset)));
   }
 
   /**
@@ -142,7 +146,6 @@ export class FaultResolver {
     const remaps: LogRecord[] = [];
     const moved = new Map<Disk, number[]>();
     for (const { segment, from, to } of copies) {
-      this.noteHighWater(disk, to, remaps);
       const sharers = this.ctx.catalog.sharers(disk, segment, from);
       // The text clears Nw on the moved entries; that is right only when one disk moves, since
       // several disks moved together share the new segment.
@@ -170,9 +173,14 @@ export class FaultResolver {
     this.ctx.release(freed);
   }
 
-  private noteHighWater(disk: Disk, block: Allocation, records: LogRecord[]): void {
-    const highWater = this.ctx.pool.highWaterNeeded(block.lun, block.offset + 2 ** disk.segmentShift);
-    if (highWater !== null) records.push({ t: "hwm", lun: block.lun, bytes: highWater });
+  /** The high-water marks to persist so that they cover `blocks` (none when they already do). */
+  private highWaterRecords(disk: Disk, blocks: Allocation[]): LogRecord[] {
+    const marks = new Map<number, number>();
+    for (const block of blocks) {
+      const highWater = this.ctx.pool.highWaterNeeded(block.lun, block.offset + 2 ** disk.segmentShift);
+      if (highWater !== null) marks.set(block.lun, Math.max(highWater, marks.get(block.lun) ?? 0));
+    }
+    return [...marks].map(([lun, bytes]) => ({ t: "hwm", lun, bytes }));
   }
 
   private entryRecord(disk: Disk, segment: number, word: number): LogRecord {

@@ -1,5 +1,6 @@
-// The storage pool: every container (LUN) with its allocator and an open file for the few data
-// operations the controller does itself (zeroing a reused segment before it is mapped).
+// The storage pool: every container (LUN) with its allocator, and the few data operations the
+// controller does itself (zeroing a reused segment before it is mapped, copy-on-write copies)
+// through a ContainerIo: the container files, or what a test puts in their place.
 import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
 import { BuddyAllocator } from "./allocator.ts";
 import type { Catalog, Lun } from "./catalog.ts";
@@ -18,15 +19,28 @@ export interface Allocation {
   dirty: boolean;
 }
 
+/** The controller's own data operations on containers. */
+export interface ContainerIo {
+  /** Writes zeros over [offset, offset+length) of a container (not yet durable). */
+  zero(lun: number, offset: number, length: number): void;
+  /** Copies bytes from one place to another (not yet durable). */
+  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void;
+  /** Makes what was written to a container durable (fdatasync). */
+  sync(lun: number): void;
+  /** Forgets what is open of a container: the next operation opens it again (after a repair). */
+  reopen(lun: number): void;
+  close(): void;
+}
+
 export class Pool {
   private readonly allocators = new Map<number, BuddyAllocator>();
   /** Per container: below this offset blocks may hold data written before this run. */
   private readonly dirtyBelowAtStart = new Map<number, number>();
-  private readonly files = new Map<number, number>();
-  private zeroChunk: Uint8Array | null = null;
-  private copyChunk: Uint8Array | null = null;
 
-  constructor(private readonly catalog: Catalog) {}
+  constructor(
+    private readonly catalog: Catalog,
+    private readonly io: ContainerIo = new ContainerFileIo(catalog),
+  ) {}
 
   /** Rebuilds every allocator from the tables: mapped segments are used, the rest is free. */
   rebuild(): void {
@@ -87,7 +101,35 @@ export class Pool {
     return this.allocators.get(lun)?.freeBytes ?? 0;
   }
 
-  /** Writes zeros over [offset, offset+length) of a container (not yet durable). */
+  zero(lun: number, offset: number, length: number): void {
+    this.io.zero(lun, offset, length);
+  }
+
+  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void {
+    this.io.copy(fromLun, fromOffset, toLun, toOffset, length);
+  }
+
+  sync(lun: number): void {
+    this.io.sync(lun);
+  }
+
+  reopen(lun: number): void {
+    this.io.reopen(lun);
+  }
+
+  close(): void {
+    this.io.close();
+  }
+}
+
+/** ContainerIo on the container files (paths from the catalog), opened on first use. */
+class ContainerFileIo implements ContainerIo {
+  private readonly files = new Map<number, number>();
+  private zeroChunk: Uint8Array | null = null;
+  private copyChunk: Uint8Array | null = null;
+
+  constructor(private readonly catalog: Catalog) {}
+
   zero(lun: number, offset: number, length: number): void {
     const fd = this.file(lun);
     this.zeroChunk ??= new Uint8Array(ZERO_CHUNK_BYTES);
@@ -97,7 +139,6 @@ export class Pool {
     }
   }
 
-  /** Copies a segment's bytes from one place to another (not yet durable). */
   copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void {
     const from = this.file(fromLun);
     const to = this.file(toLun);
@@ -117,7 +158,6 @@ export class Pool {
     fdatasyncSync(this.file(lun));
   }
 
-  /** Closes a container's file: the next operation opens its path again (after a repair). */
   reopen(lun: number): void {
     const fd = this.files.get(lun);
     if (fd !== undefined) closeSync(fd);

@@ -1,0 +1,485 @@
+// The simulated controller. Everything that decides anything is the real engine: the catalog and
+// its log records, the AppendLog (recovery, group commit) over a simulated disk, the pool and
+// allocator over simulated containers, FaultResolver, createSnapshots/rollback, AgentLink (leases
+// and fencing) on the simulated clock, the wire Peer. What is modelled here is the glue of
+// engine/controller.ts that binds them to sockets, files and timers, kept as close to it as
+// possible: hello and registration, the operations' locking, pushes to agents, container health.
+// Compaction is left out (the world compacts the log between incarnations instead).
+import { AgentLink, type AgentPeer, type LeaseClock } from "../../engine/agent-link.ts";
+import { Catalog, parseRecord, type Disk, type DiskMode, type Freed, type LogRecord } from "../../engine/catalog.ts";
+import { FaultResolver, type FaultAnswer } from "../../engine/faults.ts";
+import { AppendLog } from "../../engine/log/append-log.ts";
+import { Pool, type ContainerIo } from "../../engine/pool.ts";
+import { createSnapshots, rollback, type SnapshotContext } from "../../engine/snapshots.ts";
+import { KeyedMutex } from "../../engine/util/mutex.ts";
+import { agentRequests, controllerRequests, LEASE_MS_DEFAULT, LUN_FAILURE_LENGTH_MAX, PROTOCOL_VERSION, type ArgsOf, type ControllerRequests, type SettableState } from "../../engine/wire/messages.ts";
+import { Peer, RequestError } from "../../engine/wire/peer.ts";
+import type { Stream } from "../../engine/wire/transport.ts";
+import { entryContainer } from "../../wasm/entry.ts";
+import type { CrashKind, SimLogDisk } from "./log-disk.ts";
+import type { SimNetwork } from "./network.ts";
+import type { KnownBug } from "./options.ts";
+import { Life, type Scheduler } from "./scheduler.ts";
+import { BLOCK_BYTES, CONTROLLER_HOST, HostStorage, type SimStorage } from "./storage.ts";
+import type { Trace } from "./trace.ts";
+
+/** As in engine/controller.ts and engine/container-health.ts. */
+const QUIESCE_ANSWER_GRACE_MS = 1_000;
+const HEALTH_CHECK_INTERVAL_MS = 1_000;
+
+export interface ContainerSpec {
+  id: number;
+  path: string;
+  sizeBytes: number;
+}
+
+export interface ControllerEnv {
+  scheduler: Scheduler;
+  trace: Trace;
+  network: SimNetwork;
+  storage: SimStorage;
+  logDisk: SimLogDisk;
+  /** The containers the pool starts with (added at the first start). */
+  containers: ContainerSpec[];
+  /** At a failpoint of the engine: the world may crash the controller right there (it throws). */
+  failpoint(name: string): void;
+  /** What the pool's container I/O becomes (the canary breaks it); identity by default. */
+  containerIo(io: ContainerIo): ContainerIo;
+  reproduce: KnownBug[];
+}
+
+export class SimController {
+  readonly catalog = new Catalog();
+  readonly pool: Pool;
+  readonly life = new Life("controller");
+  /** Resolves when this incarnation crashes. */
+  readonly died: Promise<void>;
+  private die!: () => void;
+  private readonly agents = new Map<string, AgentLink>();
+  private readonly familyLocks = new KeyedMutex<number>();
+  private readonly catalogLock = new KeyedMutex<"catalog">();
+  private readonly context: SnapshotContext;
+  private readonly faults: FaultResolver;
+  private readonly clock: LeaseClock;
+  private readonly storage: HostStorage;
+  private log!: AppendLog;
+  private persisting = 0;
+  /** Operations in progress (faults, ctl requests, registrations, container failures). */
+  private busy = 0;
+  private checkingHealth = false;
+
+  private constructor(private readonly env: ControllerEnv) {
+    this.died = new Promise((resolve) => (this.die = resolve));
+    this.storage = new HostStorage(env.storage, CONTROLLER_HOST, this.life);
+    this.pool = new Pool(this.catalog, env.containerIo(poolIo(this.storage, env.trace)));
+    this.context = {
+      catalog: this.catalog,
+      pool: this.pool,
+      persist: (records) => this.persistRecords(records),
+      release: (freed) => this.releaseSegments(freed),
+      pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
+      pushStates: (disk, set, blocking) => this.pushStates(disk, set, blocking),
+      exportDisk: (disk) => this.exportDisk(disk),
+      newDiskId: () => this.catalog.newDiskId(),
+      failpoint: (name) => env.failpoint(name),
+    };
+    this.faults = new FaultResolver(this.context);
+    const { scheduler } = env;
+    this.clock = { now: () => scheduler.now, after: (ms, run) => scheduler.after(ms, this.life, run) };
+  }
+
+  /** Recovery: the real log is opened and replayed, the pool rebuilt from the tables. */
+  static open(env: ControllerEnv): SimController {
+    const controller = new SimController(env);
+    const { log, records, recovery } = AppendLog.open(env.logDisk.path, { io: env.logDisk.open(controller.life) });
+    env.logDisk.opened(recovery.validBytes);
+    controller.log = log;
+    if (recovery.truncatedBytes > 0) {
+      env.trace.note(`controller: log: dropped a torn tail of ${recovery.truncatedBytes} bytes`);
+      env.trace.count("torn log tail");
+    }
+    for (const record of records) controller.catalog.apply(parseRecord(record));
+    controller.pool.rebuild();
+    controller.expectKnownAgents();
+    return controller;
+  }
+
+  /** The pool's first containers, a health check, then the control port. */
+  async start(): Promise<void> {
+    if (this.catalog.luns.size === 0) {
+      for (const spec of this.env.containers) {
+        await this.persistRecords([{ t: "lun", id: spec.id, path: spec.path, size: spec.sizeBytes, knownZero: true }]);
+        this.pool.addLun(this.catalog.luns.get(spec.id)!);
+      }
+    }
+    await this.checkContainers();
+    this.healthLoop();
+    this.env.network.listen(this.life, (stream) => this.accept(stream));
+  }
+
+  crash(kind: CrashKind): void {
+    this.life.end();
+    this.die();
+    this.env.logDisk.crash(kind);
+    // The dead log fails what it was writing and closes its file.
+    void this.log.close();
+    this.env.network.controllerDown(kind);
+    if (kind === "host") this.env.storage.crashHost(CONTROLLER_HOST);
+  }
+
+  /** No operation is in progress and no change is on its way to the log: the catalog, pool and
+   *  allocator agree, and are what a recovery now would find. */
+  get quiet(): boolean {
+    return this.busy === 0 && this.persisting === 0;
+  }
+
+  private async operation<T>(work: () => Promise<T>): Promise<T> {
+    this.busy += 1;
+    try {
+      return await work();
+    } finally {
+      this.busy -= 1;
+    }
+  }
+
+  /** An operation under the catalog lock (as every ctl request that changes disks is). */
+  private locked<T>(work: () => Promise<T>): Promise<T> {
+    return this.operation(() => this.catalogLock.run("catalog", work));
+  }
+
+  // ---- Operations (what ctl asks for; as in engine/controller.ts) ----
+
+  createDisk(name: string, size: number, segmentShift: number, mode: DiskMode): Promise<void> {
+    return this.locked(async () => {
+      const id = this.catalog.newDiskId();
+      await this.persistRecords([{ t: "disk", id, name, size, segmentShift, mode }]);
+      await this.exportDisk(this.catalog.disk(id));
+    });
+  }
+
+  deleteDisk(name: string): Promise<void> {
+    return this.locked(async () => {
+      const disk = this.diskNamed(name);
+      await this.familyLocks.run(disk.family, async () => {
+        await Promise.all(
+          this.agentsOf(disk.id).map(async (agent) => {
+            await agent.call((peer) => peer.request("delete_table", { disk: disk.id, blocking: true }));
+            agent.disks.delete(disk.id);
+          }),
+        );
+        this.releaseSegments(await this.persistRecords([{ t: "rmdisk", id: disk.id }]));
+      });
+    });
+  }
+
+  createSnapshot(sourceName: string, name: string, mode: DiskMode, invalidate: boolean): Promise<void> {
+    return this.locked(async () => {
+      const source = this.diskNamed(sourceName);
+      await this.familyLocks.run(source.family, () => createSnapshots(this.context, [{ source, name, mode, invalidate }]));
+    });
+  }
+
+  createGroup(pairs: { source: string; name: string }[], timeoutMs: number): Promise<void> {
+    return this.locked(async () => {
+      const sources = pairs.map((pair) => this.diskNamed(pair.source));
+      const families = [...new Set(sources.map((disk) => disk.family))].sort((a, b) => a - b);
+      await this.withFamilies(families, async () => {
+        const quiesced = await this.quiesceAll(sources, timeoutMs);
+        try {
+          await createSnapshots(
+            this.context,
+            sources.map((source, i) => ({ source, name: pairs[i]!.name, mode: source.mode, invalidate: false })),
+          );
+        } finally {
+          await this.activateAll(quiesced, sources);
+        }
+      });
+    });
+  }
+
+  rollbackDisk(name: string, snapshotName: string): Promise<void> {
+    return this.locked(async () => {
+      const disk = this.diskNamed(name);
+      const snapshot = this.diskNamed(snapshotName);
+      await this.familyLocks.run(disk.family, () => rollback(this.context, disk, snapshot));
+    });
+  }
+
+  /** Puts a failed container back once its storage answers again. */
+  repairContainer(id: number): Promise<void> {
+    return this.locked(async () => {
+      const lun = this.catalog.luns.get(id)!;
+      if (lun.failed === null) return;
+      const problem = this.problem(id);
+      if (problem !== null) throw new RequestError("EIO", `container ${id} still fails its check: ${problem}`);
+      this.pool.reopen(id);
+      await Promise.all([...this.agents.values()].map((agent) => agent.call((peer) => peer.request("add_container", { id, path: lun.path }))));
+      await this.persistRecords([{ t: "lunhealth", lun: id }]);
+      await this.pushSegmentsOn(id);
+    });
+  }
+
+  // ---- Agents ----
+
+  private accept(stream: Stream): void {
+    const peer: AgentPeer = new Peer(stream, controllerRequests, agentRequests);
+    let agent: AgentLink | null = null;
+    peer.serve(async (op, args) => {
+      if (op === "hello") {
+        const hello = args as ArgsOf<ControllerRequests, "hello">;
+        if (hello.version !== PROTOCOL_VERSION || !hello.agentId || !hello.nbd) throw new RequestError("EPROTO", "bad hello", true);
+        agent = await this.registerAgent(hello.agentId, hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
+        return { version: PROTOCOL_VERSION, controller: "tabledisk" };
+      }
+      if (!agent) throw new RequestError("EPROTO", `${op} before hello`, true);
+      if (op === "renew") {
+        agent.renewedAt = this.clock.now();
+        return {};
+      }
+      if (op === "fault") return this.fault(agent, args as ArgsOf<ControllerRequests, "fault">);
+      if (op === "storage_error") {
+        const { container, message } = args as ArgsOf<ControllerRequests, "storage_error">;
+        await this.failContainer(container, `agent ${agent.id}: ${message}`);
+        return {};
+      }
+      throw new RequestError("EINVAL", `unknown request ${op}`);
+    });
+  }
+
+  private async registerAgent(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
+    const before = this.agents.get(id);
+    const agent = new AgentLink(id, nbd, peer, leaseMs, (link) => this.fence(link), this.clock);
+    this.agents.set(id, agent);
+    if (before?.connected) {
+      before.peer!.close();
+      before.watchLease();
+    } else {
+      before?.end();
+    }
+    peer.onClosed(() => agent.watchLease());
+    if (this.catalog.agents.get(id) !== leaseMs) await this.persistRecords([{ t: "agent", id, leaseMs }]);
+    await this.locked(async () => {
+      for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
+      for (const disk of this.catalog.disks.values()) await this.sendTable(agent, disk);
+    });
+    this.env.trace.note(`controller: agent ${id} registered`);
+    return agent;
+  }
+
+  private expectKnownAgents(): void {
+    for (const [id, leaseMs] of this.catalog.agents) {
+      const agent = new AgentLink(id, "", null, leaseMs, (link) => this.fence(link), this.clock);
+      for (const disk of this.catalog.disks.values()) agent.disks.add(disk.id);
+      this.agents.set(id, agent);
+      agent.watchLease();
+    }
+  }
+
+  private async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
+    await agent.call((peer) => peer.request("new_table", { disk: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift, readOnly: false }));
+    agent.disks.add(disk.id);
+  }
+
+  private agentsOf(diskId: number, except?: AgentLink): AgentLink[] {
+    return [...this.agents.values()].filter((agent) => agent !== except && agent.disks.has(diskId));
+  }
+
+  private async exportDisk(disk: Disk): Promise<void> {
+    await Promise.all([...this.agents.values()].map((agent) => this.sendTable(agent, disk)));
+  }
+
+  private fence(agent: AgentLink): void {
+    if (this.agents.get(agent.id) === agent) {
+      this.env.trace.note(`controller: agent ${agent.id} fenced`);
+      this.env.trace.count("agent fenced");
+      this.agents.delete(agent.id);
+      this.persistRecords([{ t: "agentgone", id: agent.id }]).catch(() => undefined);
+    }
+    agent.end();
+  }
+
+  // ---- Consistency groups ----
+
+  private withFamilies<T>(families: number[], work: () => Promise<T>): Promise<T> {
+    const [first, ...rest] = families;
+    if (first === undefined) return work();
+    return this.familyLocks.run(first, () => this.withFamilies(rest, work));
+  }
+
+  private async quiesceAll(disks: Disk[], timeoutMs: number): Promise<AgentLink[]> {
+    const agents = [...new Set(disks.flatMap((disk) => this.agentsOf(disk.id)))];
+    const results = await Promise.allSettled(
+      agents.map((agent) =>
+        this.withDeadline(
+          agent.call((peer) => peer.request("quiesce", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id), timeoutMs })),
+          timeoutMs + QUIESCE_ANSWER_GRACE_MS,
+          `no answer to quiesce within ${timeoutMs + QUIESCE_ANSWER_GRACE_MS} ms`,
+        ),
+      ),
+    );
+    const failed = results.flatMap((result, i) => (result.status === "rejected" ? [`agent ${agents[i]!.id}: ${(result.reason as Error).message}`] : []));
+    if (failed.length > 0) {
+      await this.activateAll(agents, disks);
+      throw new RequestError("EAGAIN", `group snapshot abandoned, no snapshot made: ${failed.join("; ")}`);
+    }
+    return agents;
+  }
+
+  private async activateAll(agents: AgentLink[], disks: Disk[]): Promise<void> {
+    await Promise.all(
+      agents.map((agent) => {
+        const activated = agent.call((peer) => peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) }));
+        return this.withDeadline(activated, QUIESCE_ANSWER_GRACE_MS, "no answer").catch(() => undefined);
+      }),
+    );
+  }
+
+  private withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+    return Promise.race([promise, this.env.scheduler.sleep(ms, this.life).then(() => Promise.reject(new Error(message)))]);
+  }
+
+  // ---- Failing containers (R14) ----
+
+  private healthLoop(): void {
+    this.env.scheduler.after(HEALTH_CHECK_INTERVAL_MS, this.life, () => {
+      void this.checkContainers();
+      this.healthLoop();
+    });
+  }
+
+  private async checkContainers(): Promise<void> {
+    if (this.checkingHealth) return;
+    this.checkingHealth = true;
+    try {
+      for (const lun of this.catalog.luns.values()) {
+        if (lun.failed !== null) continue;
+        const problem = this.problem(lun.id);
+        if (problem !== null) await this.failContainer(lun.id, problem);
+      }
+    } catch {
+      // As in the real controller: a failed check is only reported.
+    } finally {
+      this.checkingHealth = false;
+    }
+  }
+
+  /** The container health check: can its first block be read? */
+  private problem(id: number): string | null {
+    try {
+      this.storage.read(id, 0, BLOCK_BYTES);
+      return null;
+    } catch (error) {
+      return (error as Error).message;
+    }
+  }
+
+  private async failContainer(id: number, reason: string): Promise<void> {
+    await this.locked(async () => {
+      const lun = this.catalog.luns.get(id)!;
+      if (lun.failed !== null) return;
+      await this.persistRecords([{ t: "lunhealth", lun: id, failed: reason.slice(0, LUN_FAILURE_LENGTH_MAX) }]);
+      this.env.trace.note(`controller: container ${id} out of service: ${reason}`);
+      this.env.trace.count("container out of service");
+      await this.pushSegmentsOn(id);
+    });
+  }
+
+  private async pushSegmentsOn(id: number): Promise<void> {
+    for (const disk of this.catalog.disks.values()) {
+      const segments = [...disk.table.locations()].filter(([, word]) => entryContainer(word) === id).map(([index]) => index);
+      if (segments.length > 0) await this.familyLocks.run(disk.family, () => this.pushEntries(disk, segments, { blocking: false }));
+    }
+  }
+
+  // ---- Table changes shared by faults and snapshots ----
+
+  private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">): Promise<FaultAnswer> {
+    const disk = this.catalog.disks.get(args.disk);
+    if (!disk) return { action: "error", errno: "EIO" };
+    return this.operation(() =>
+      this.familyLocks.run(disk.family, async () => {
+        if (this.catalog.disks.get(disk.id) !== disk) return { action: "error", errno: "EIO" };
+        return this.faults.resolve(disk, args, agent);
+      }),
+    );
+  }
+
+  private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
+    if (records.length === 0) return [];
+    // A crashed controller's code may still run on (a promise settled as it died): it changes nothing.
+    if (!this.life.isAlive) throw new Error("the controller crashed");
+    const freed: Freed[] = [];
+    this.persisting += 1;
+    try {
+      for (const record of records) this.log.append(record);
+      for (const record of records) freed.push(...this.catalog.apply(record));
+      await this.log.commit();
+    } finally {
+      this.persisting -= 1;
+    }
+    return freed;
+  }
+
+  private releaseSegments(freed: Freed[]): void {
+    for (const { lun, offset, shift } of freed) this.pool.release(lun, offset, shift);
+  }
+
+  private async pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object; only?: object }): Promise<void> {
+    const ranges: [first: number, count: number][] = [];
+    for (const segment of [...segments].sort((a, b) => a - b)) {
+      const last = ranges[ranges.length - 1];
+      if (last && last[0] + last[1] === segment) last[1] += 1;
+      else ranges.push([segment, 1]);
+    }
+    await Promise.all(
+      this.agentsOf(disk.id, options.except as AgentLink | undefined)
+        .filter((agent) => !options.only || agent === options.only)
+        .flatMap((agent) =>
+          ranges.map(([first, count]) =>
+            agent.call((peer) => peer.request("set_entry", { disk: disk.id, first, runs: this.catalog.agentRuns(disk, first, count), blocking: options.blocking })),
+          ),
+        ),
+    );
+  }
+
+  private async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
+    const count = disk.table.entryCount;
+    await Promise.all(
+      this.agentsOf(disk.id).map((agent) => agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking }))),
+    );
+  }
+
+  /** How fault handling pushes entries: as it asks, or, working around a known bug, a fault's
+   *  final push (non-blocking, to all but the faulting agent) blocking, and then blocking to the
+   *  faulting agent too (last, as its answer would be: it may write once it has the entry). */
+  private async faultPush(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
+    if (options.blocking || !options.except || this.env.reproduce.includes("stale-read-after-forward-delta")) {
+      return this.pushEntries(disk, segments, options);
+    }
+    await this.pushEntries(disk, segments, { blocking: true, except: options.except });
+    await this.pushEntries(disk, segments, { blocking: true, only: options.except });
+  }
+
+  private diskNamed(name: string): Disk {
+    const disk = this.catalog.diskByName(name);
+    if (!disk) throw new RequestError("NOT_FOUND", `no disk named "${name}"`);
+    return disk;
+  }
+}
+
+/** The controller host's container I/O, as the pool wants it. */
+function poolIo(storage: HostStorage, trace: Trace): ContainerIo {
+  return {
+    zero: (lun, offset, length) => {
+      storage.zero(lun, offset, length);
+      trace.count("segment zeroed for reuse");
+    },
+    copy: (fromLun, fromOffset, toLun, toOffset, length) => {
+      storage.copy(fromLun, fromOffset, toLun, toOffset, length);
+      trace.count("copy-on-write copy");
+    },
+    sync: (lun) => storage.sync(lun),
+    reopen: () => undefined,
+    close: () => undefined,
+  };
+}
