@@ -125,12 +125,6 @@ export const ERRNO: Readonly<Record<NbdErrno, number>> = {
   ENOTSUP: 95,
   ESHUTDOWN: 108,
 };
-export const NBD_EPERM = 1;
-export const NBD_EIO = 5;
-export const NBD_EINVAL = 22;
-export const NBD_ENOSPC = 28;
-export const NBD_EOVERFLOW = 75;
-export const NBD_ESHUTDOWN = 108;
 
 // ---------------------------------------------------------------------------------------------
 // Sizes of fixed wire structures

@@ -37,12 +37,6 @@ import {
   ERROR_CHUNK_HEADER_BYTES,
   HOLE_CHUNK_BYTES_MIN,
   IN_FLIGHT_BYTES_MAX,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOSPC,
-  NBD_EOVERFLOW,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
   OFFSET_DATA_HEADER_BYTES,
   OFFSET_HOLE_CHUNK_BYTES,
   OUTPUT_PENDING_BYTES_MAX,
@@ -216,7 +210,7 @@ export class Transmission {
       }
       let error = this.validate(h.type, h.flags, offset, length);
       if (error === 0 && this.host.isShuttingDown()) {
-        error = NBD_ESHUTDOWN;
+        error = ERRNO.ESHUTDOWN;
         this.rejectMessage = "server is shutting down";
       }
       if (h.type === CMD_WRITE) {
@@ -289,31 +283,31 @@ export class Transmission {
         break;
       default:
         // Unknown commands, and CACHE (5) which we do not advertise (L2346).
-        return this.reject(NBD_EINVAL, `unsupported command ${type}`);
+        return this.reject(ERRNO.EINVAL, `unsupported command ${type}`);
     }
-    if ((flags & ~allowed) !== 0) return this.reject(NBD_EINVAL, `invalid flags 0x${flags.toString(16)} for command ${type}`);
-    if (writes && (this.tflags & TFLAG_READ_ONLY) !== 0) return this.reject(NBD_EPERM, "the export is read-only");
-    if (type === CMD_TRIM && (this.tflags & TFLAG_SEND_TRIM) === 0) return this.reject(NBD_EINVAL, "TRIM is not enabled");
+    if ((flags & ~allowed) !== 0) return this.reject(ERRNO.EINVAL, `invalid flags 0x${flags.toString(16)} for command ${type}`);
+    if (writes && (this.tflags & TFLAG_READ_ONLY) !== 0) return this.reject(ERRNO.EPERM, "the export is read-only");
+    if (type === CMD_TRIM && (this.tflags & TFLAG_SEND_TRIM) === 0) return this.reject(ERRNO.EINVAL, "TRIM is not enabled");
     if (type === CMD_WRITE_ZEROES && (this.tflags & TFLAG_SEND_WRITE_ZEROES) === 0) {
-      return this.reject(NBD_EINVAL, "WRITE_ZEROES is not enabled");
+      return this.reject(ERRNO.EINVAL, "WRITE_ZEROES is not enabled");
     }
     if (type === CMD_FLUSH) {
       // offset and length are reserved and must be zero (L2092-2093).
-      if (offset !== 0 || length !== 0) return this.reject(NBD_EINVAL, "FLUSH with non-zero offset or length");
+      if (offset !== 0 || length !== 0) return this.reject(ERRNO.EINVAL, "FLUSH with non-zero offset or length");
       return 0;
     }
     if (type === CMD_BLOCK_STATUS) {
-      if (this.allocationContextId === 0) return this.reject(NBD_EINVAL, "no metadata context was selected (L939-940)");
-      if (length === 0) return this.reject(NBD_EINVAL, "BLOCK_STATUS needs a non-zero length");
+      if (this.allocationContextId === 0) return this.reject(ERRNO.EINVAL, "no metadata context was selected (L939-940)");
+      if (length === 0) return this.reject(ERRNO.EINVAL, "BLOCK_STATUS needs a non-zero length");
     }
     // Subtraction, not addition: offset + length must never wrap (a u64 offset near 2^64 is Infinity here).
     if (offset > this.sizeBytes || length > this.sizeBytes - offset) {
-      const error = type === CMD_WRITE || type === CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
+      const error = type === CMD_WRITE || type === CMD_WRITE_ZEROES ? ERRNO.ENOSPC : ERRNO.EINVAL;
       return this.reject(error, "request beyond the end of the export");
     }
     if (length > PAYLOAD_BYTES_MAX && (type === CMD_READ || type === CMD_WRITE)) {
       // A DF read that is too big is the documented EOVERFLOW case (L2050-2052, L2337-2340).
-      const error = (flags & CMD_FLAG_DF) !== 0 ? NBD_EOVERFLOW : NBD_EINVAL;
+      const error = (flags & CMD_FLAG_DF) !== 0 ? ERRNO.EOVERFLOW : ERRNO.EINVAL;
       return this.reject(error, `payload of ${length} bytes exceeds ${PAYLOAD_BYTES_MAX}`);
     }
     return 0;
@@ -511,7 +505,7 @@ export class Transmission {
 
   private replyBadHoles(cookieHi: number, cookieLo: number): void {
     this.host.log("backend read returned an invalid hole list");
-    this.replyError(cookieHi, cookieLo, NBD_EIO, "internal error: invalid hole list");
+    this.replyError(cookieHi, cookieLo, ERRNO.EIO, "internal error: invalid hole list");
   }
 
   // ------------------------------------------------------------------------------------------
@@ -558,7 +552,7 @@ export class Transmission {
       const e = extents[i]!;
       if (!Number.isSafeInteger(e.length) || e.length < 1) {
         this.host.log(`backend blockStatus returned an extent of length ${e.length}`);
-        return this.replyError(cookieHi, cookieLo, NBD_EIO, "internal error: invalid extent");
+        return this.replyError(cookieHi, cookieLo, ERRNO.EIO, "internal error: invalid extent");
       }
       const state = (e.hole ? STATE_HOLE : 0) | (e.zero ? STATE_ZERO : 0);
       const take = Math.min(e.length, length - covered);
@@ -579,7 +573,7 @@ export class Transmission {
     }
     if (count === 0) {
       this.host.log("backend blockStatus returned no extent");
-      return this.replyError(cookieHi, cookieLo, NBD_EIO, "internal error: no extent");
+      return this.replyError(cookieHi, cookieLo, ERRNO.EIO, "internal error: no extent");
     }
     const out = this.host.out;
     out.reserve(BLOCK_STATUS_HEADER_BYTES + BLOCK_STATUS_EXTENT_BYTES * count);
@@ -640,11 +634,11 @@ export class Transmission {
   private replyFailure(what: string, cookieHi: number, cookieLo: number, e: unknown): void {
     if (e instanceof NbdError) {
       // We never advertise FAST_ZERO, so ENOTSUP must not reach the client (L2341-2343).
-      const error = e.errno === "ENOTSUP" ? NBD_EIO : ERRNO[e.errno];
+      const error = e.errno === "ENOTSUP" ? ERRNO.EIO : ERRNO[e.errno];
       return this.replyError(cookieHi, cookieLo, error, `${what}: ${e.message}`);
     }
     this.host.log(`backend ${what} failed: ${e instanceof Error ? e.message : String(e)}`);
-    this.replyError(cookieHi, cookieLo, NBD_EIO, `${what} failed`);
+    this.replyError(cookieHi, cookieLo, ERRNO.EIO, `${what} failed`);
   }
 }
 
