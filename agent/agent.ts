@@ -5,9 +5,9 @@ import { availableParallelism } from "node:os";
 import { SharedTables } from "../wasm/tables.ts";
 import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
+import { checkRange, setStates, writeRuns } from "./table-edits.ts";
 import { Lease } from "./lease.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
-import { assert } from "../engine/util/assert.ts";
 import { nbdUri, type Address } from "../engine/util/address.ts";
 import {
   agentRequests,
@@ -18,9 +18,8 @@ import {
   type AgentRequests,
   type ArgsOf,
   type Runs,
-  type SettableState,
 } from "../engine/wire/messages.ts";
-import { ENTRY_NO_WRITE, ERROR_WORD, INVALID_WORD, ZERO_WORD } from "../wasm/entry.ts";
+import { INVALID_WORD } from "../wasm/entry.ts";
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../engine/wire/peer.ts";
 import { connect, removeStaleSocket } from "../engine/wire/transport.ts";
 
@@ -390,13 +389,13 @@ export class Agent {
       case "get_entry": {
         const { disk, first, count } = args as ArgsOf<AgentRequests, "get_entry">;
         const table = this.table(disk);
-        this.checkRange(table, first, count);
+        checkRange(table, first, count);
         return { words: Array.from({ length: count }, (_, i) => this.shared.getEntry(table.slot, first + i)) };
       }
       case "get_status": {
         const { disk, first, count } = args as ArgsOf<AgentRequests, "get_status">;
         const table = this.table(disk);
-        this.checkRange(table, first, count);
+        checkRange(table, first, count);
         return { states: Array.from({ length: count }, (_, i) => this.shared.getEntry(table.slot, first + i) % 16) };
       }
       case "quiesce": {
@@ -423,8 +422,7 @@ export class Agent {
       case "set_entry_state": {
         const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
         const table = this.table(disk);
-        this.checkRange(table, first, count);
-        this.setStates(table, first, count, set, clear.length > 0);
+        setStates(this.shared, table, first, count, set, clear.length > 0);
         if (blocking) await this.inflight.drain();
         return {};
       }
@@ -482,19 +480,6 @@ export class Agent {
     this.openGates([table]);
   }
 
-  /**
-   * Invalid, Z and E void the location, so setting one of them replaces the whole entry (the
-   * strongest wins: Invalid, then E, then Z). Nw keeps the location and is set or cleared in place.
-   */
-  private setStates(table: Table, first: number, count: number, set: SettableState[], clearNoWrite: boolean): void {
-    const voiding = set.includes("invalid") ? INVALID_WORD : set.includes("error") ? ERROR_WORD : set.includes("zero") ? ZERO_WORD : null;
-    if (voiding !== null) {
-      this.shared.fillEntries(table.slot, first, count, voiding);
-      return;
-    }
-    if (set.includes("nw")) this.shared.updateStates(table.slot, first, count, ENTRY_NO_WRITE, 0);
-    else if (clearNoWrite) this.shared.updateStates(table.slot, first, count, 0, ENTRY_NO_WRITE);
-  }
 
   private table(disk: number): Table {
     const table = this.tables.get(disk);
@@ -502,26 +487,14 @@ export class Agent {
     return table;
   }
 
-  private checkRange(table: Table, first: number, count: number): void {
-    if (first + count > table.entryCount) {
-      throw new RequestError("EINVAL", `entries ${first}..${first + count - 1} are outside the table of ${table.entryCount}`);
-    }
-  }
 
   private applyRuns(disk: number, first: number, runs: Runs, strict = false): void {
     const table = this.tables.get(disk);
     if (!table) {
       if (strict) throw new RequestError("NOT_FOUND", `no table for disk ${disk}`);
-      return; // the table went away while the fault was answered: the worker will see GONE.
+      return; // the table went away while the fault was answered: the request will see GONE.
     }
-    const total = runs.reduce((sum, [, count]) => sum + count, 0);
-    this.checkRange(table, first, total);
-    let index = first;
-    for (const [word, count] of runs) {
-      assert(Number.isSafeInteger(word), "entry word must be a safe integer");
-      if (count === 1) this.shared.setEntry(table.slot, index, word);
-      else this.shared.fillEntries(table.slot, index, count, word);
-      index += count;
-    }
+    writeRuns(this.shared, table, first, runs);
   }
+
 }

@@ -17,7 +17,7 @@ export interface LeaseClock {
   after(ms: number, run: () => void): () => void;
 }
 
-const monotonicClock: LeaseClock = {
+export const monotonicClock: LeaseClock = {
   now: () => performance.now(),
   after: (ms, run) => {
     const timer = setTimeout(run, ms);

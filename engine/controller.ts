@@ -32,10 +32,10 @@ import {
   type AgentSummary,
   type LunSummary,
   type ResultOf,
-  type SettableState,
 } from "./wire/messages.ts";
 import { Peer, RequestError } from "./wire/peer.ts";
-import { AgentLink, type AgentPeer } from "./agent-link.ts";
+import type { AgentLink, AgentPeer } from "./agent-link.ts";
+import { AgentFleet, presentedTo } from "./agent-fleet.ts";
 import { listen, removeStaleSocket, type Listener } from "./wire/transport.ts";
 import { FRAME_BYTES_MAX } from "./wire/frame.ts";
 import {
@@ -56,7 +56,6 @@ export const DISK_SIZE_ALIGN_BYTES = 512;
 export const COMPACT_SLACK_BYTES_DEFAULT = 64 * 2 ** 20;
 /** How long a consistency group waits for agents to finish their I/O in progress. */
 export const GROUP_QUIESCE_TIMEOUT_MS_DEFAULT = 5_000;
-const QUIESCE_ANSWER_GRACE_MS = 1_000;
 /** A connection that has not said hello by then is closed (it holds a socket and nothing else). */
 const HELLO_TIMEOUT_MS = 10_000;
 /** Until hello has proved the secret, a connection may send only small frames. */
@@ -77,7 +76,12 @@ export interface ControllerOptions {
 export class Controller {
   private readonly catalog = new Catalog();
   private readonly pool = new Pool(this.catalog);
-  private readonly agents = new Map<string, AgentLink>();
+  private readonly agents = new AgentFleet({
+    catalog: this.catalog,
+    persist: (records) => this.persistRecords(records),
+    say: (line) => this.say(line),
+    fenced: (agent) => this.say(`agent ${agent.id}: lease expired; fenced until it registers again`),
+  });
   /** Disks of one family may share segments, so their table changes are serialised together. */
   private readonly familyLocks = new KeyedMutex<number>();
   private readonly context: SnapshotContext = {
@@ -85,9 +89,9 @@ export class Controller {
     pool: this.pool,
     persist: (records) => this.persistRecords(records),
     release: (freed) => this.releaseSegments(freed),
-    pushEntries: (disk, segments, options) => this.pushEntries(disk, segments, options),
-    pushStates: (disk, set, blocking) => this.pushStates(disk, set, blocking),
-    exportDisk: (disk) => this.exportDisk(disk),
+    pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
+    pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
+    exportDisk: (disk) => this.agents.exportDisk(disk),
     newDiskId: () => this.catalog.newDiskId(),
     failpoint,
   };
@@ -129,7 +133,7 @@ export class Controller {
   async stop(): Promise<void> {
     clearInterval(this.healthTimer);
     this.listener?.stop(true);
-    for (const agent of this.agents.values()) agent.end();
+    this.agents.endAll();
     await this.compacting;
     await this.log?.close();
     this.pool.close();
@@ -154,7 +158,7 @@ export class Controller {
       this.catalog.apply(record);
     }
     this.pool.rebuild();
-    this.expectKnownAgents();
+    this.agents.expectKnownAgents();
     this.compactedBytes = this.log.sizeBytes;
     if (this.catalog.luns.size === 0) {
       await this.addLun(join(dataDir, DEFAULT_LUN_FILE), this.options.defaultLunBytes ?? DEFAULT_LUN_BYTES);
@@ -217,61 +221,18 @@ export class Controller {
     });
   }
 
-  /**
-   * Registers an agent and loads it (containers, then a table per disk) before hello is answered.
-   * The agent dropped every entry it held before it said hello, so a link it had before (cut off,
-   * or known from before a restart) ends now; a link still connected ends only with its lease.
-   */
+  /** Registers an agent and loads it (containers, then a table per disk) before hello is answered. */
   private async registerAgent(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
     if (!this.catalog.agents.has(id) && this.catalog.agents.size >= AGENTS_MAX) {
       throw new RequestError("ENOSPC", `the limit of ${AGENTS_MAX} agents is reached`, true);
     }
-    const before = this.agents.get(id);
-    const agent = new AgentLink(id, nbd, peer, leaseMs, (link) => this.fence(link));
-    this.agents.set(id, agent);
-    if (before?.connected) {
-      before.peer!.close();
-      before.watchLease();
-    } else {
-      before?.end();
-    }
-    peer.onClosed(() => agent.watchLease());
-    if (this.catalog.agents.get(id) !== leaseMs) await this.persistRecords([{ t: "agent", id, leaseMs }]);
+    const agent = await this.agents.register(id, nbd, leaseMs, peer);
     await this.catalogLock.run("catalog", async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
-      for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) await this.sendTable(agent, disk);
+      for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) await this.agents.sendTable(agent, disk);
     });
     this.say(`agent ${id} registered (nbd ${nbd})`);
     return agent;
-  }
-
-  /** After a restart every agent known from the log may still serve the tables it had: until it
-   *  registers again or its lease runs out, changes to them wait for it (R8). */
-  private expectKnownAgents(): void {
-    for (const [id, leaseMs] of this.catalog.agents) {
-      const agent = new AgentLink(id, "", null, leaseMs, (link) => this.fence(link));
-      for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) agent.disks.add(disk.id);
-      this.agents.set(id, agent);
-      agent.watchLease();
-    }
-  }
-
-  private async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
-    await agent.call((peer) =>
-      peer.request("new_table", {
-        disk: disk.id,
-        name: disk.name,
-        size: disk.size,
-        segmentShift: disk.segmentShift,
-        readOnly: false,
-      }),
-    );
-    agent.disks.add(disk.id);
-  }
-
-  /** The agents that hold (or may hold) the table of `diskId`, connected or not. */
-  private agentsOf(diskId: number, except?: AgentLink): AgentLink[] {
-    return [...this.agents.values()].filter((agent) => agent !== except && agent.disks.has(diskId));
   }
 
   private async serveCtl(op: string, args: unknown): Promise<unknown> {
@@ -397,7 +358,7 @@ export class Controller {
       const problem = this.health.problem(id, lun.path);
       if (problem !== null) throw new RequestError("EIO", `container ${id} still fails its check: ${problem}`);
       this.pool.reopen(id);
-      await Promise.all([...this.agents.values()].map((agent) => agent.call((peer) => peer.request("add_container", { id, path: lun.path }))));
+      await Promise.all(this.agents.all().map((agent) => agent.call((peer) => peer.request("add_container", { id, path: lun.path }))));
       await this.persistRecords([{ t: "lunhealth", lun: id }]);
       this.say(`container ${id} (${lun.path}) is back in service`);
       await this.pushSegmentsOn(id);
@@ -409,7 +370,7 @@ export class Controller {
   private async pushSegmentsOn(id: number): Promise<void> {
     for (const disk of this.catalog.disks.values()) {
       const segments = segmentsOn(disk, id);
-      if (segments.length > 0) await this.familyLocks.run(disk.family, () => this.pushEntries(disk, segments, { blocking: false }));
+      if (segments.length > 0) await this.familyLocks.run(disk.family, () => this.agents.pushEntries(disk, segments, { blocking: false }));
     }
   }
 
@@ -429,7 +390,7 @@ export class Controller {
       const id = this.catalog.newDiskId();
       await this.persistRecords([{ t: "disk", id, name: args.name, size: args.size, segmentShift: shift, mode: args.mode ?? "forward" }]);
       const disk = this.catalog.disk(id);
-      await this.exportDisk(disk);
+      await this.agents.exportDisk(disk);
       return this.summary(disk);
     });
   }
@@ -440,10 +401,7 @@ export class Controller {
       return this.familyLocks.run(disk.family, async () => {
         // Agents drop the table and finish their I/O to it before any segment is freed.
         await Promise.all(
-          this.agentsOf(disk.id).map(async (agent) => {
-            await agent.call((peer) => peer.request("delete_table", { disk: disk.id, blocking: true }));
-            agent.disks.delete(disk.id);
-          }),
+          this.agents.agentsOf(disk.id).map((agent) => this.agents.dropTable(agent, disk)),
         );
         const freed = await this.persistRecords([{ t: "rmdisk", id: disk.id }]);
         this.releaseSegments(freed);
@@ -480,14 +438,14 @@ export class Controller {
       for (const name of names) this.checkNewName(name);
       const families = [...new Set(sources.map((disk) => disk.family))].sort((a, b) => a - b);
       const created = await this.withFamilies(families, async () => {
-        const quiesced = await this.quiesceAll(sources, timeoutMs);
+        const quiesced = await this.agents.quiesceAll(sources, timeoutMs);
         try {
           return await createSnapshots(
             this.context,
             sources.map((source, i) => ({ source, name: names[i]!, mode: source.mode, invalidate: false })),
           );
         } finally {
-          await this.activateAll(quiesced, sources);
+          await this.agents.activateAll(quiesced, sources);
         }
       });
       return created.map((disk) => this.summary(disk));
@@ -499,43 +457,6 @@ export class Controller {
     const [first, ...rest] = families;
     if (first === undefined) return work();
     return this.familyLocks.run(first, () => this.withFamilies(rest, work));
-  }
-
-  /** Quiesces every agent of these disks; on a failure releases those already quiesced. */
-  private async quiesceAll(disks: Disk[], timeoutMs: number): Promise<AgentLink[]> {
-    const agents = [...new Set(disks.flatMap((disk) => this.agentsOf(disk.id)))];
-    // An agent that does not answer at all (stopped, cut off) fails the group too, a little after
-    // the time it was given.
-    const results = await Promise.allSettled(
-      agents.map((agent) =>
-        withDeadline(
-          agent.call((peer) => peer.request("quiesce", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id), timeoutMs })),
-          timeoutMs + QUIESCE_ANSWER_GRACE_MS,
-          `no answer to quiesce within ${timeoutMs + QUIESCE_ANSWER_GRACE_MS} ms`,
-        ),
-      ),
-    );
-    const failed = results.flatMap((result, i) => (result.status === "rejected" ? [`agent ${agents[i]!.id}: ${(result.reason as Error).message}`] : []));
-    if (failed.length > 0) {
-      await this.activateAll(agents, disks);
-      throw new RequestError("EAGAIN", `group snapshot abandoned, no snapshot made: ${failed.join("; ")}`);
-    }
-    return agents;
-  }
-
-  /** Releases held I/O everywhere. An agent that does not answer gets the activate after its
-   *  quiesce once it runs again (one connection keeps them in order), so nobody waits for it. */
-  private async activateAll(agents: AgentLink[], disks: Disk[]): Promise<void> {
-    await Promise.all(
-      agents.map((agent) => {
-        const activated = agent.call((peer) =>
-          peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) }),
-        );
-        return withDeadline(activated, QUIESCE_ANSWER_GRACE_MS, "no answer").catch((error: Error) =>
-          this.say(`agent ${agent.id}: activate: ${error.message}`),
-        );
-      }),
-    );
   }
 
   private async rollbackDisk(args: ArgsOf<ControllerRequests, "disk.rollback">): Promise<DiskSummary> {
@@ -566,11 +487,6 @@ export class Controller {
     if (this.catalog.disks.size >= DISKS_MAX) throw new RequestError("EINVAL", `Cannot create disk "${name}": the limit of ${DISKS_MAX} disks is reached`);
   }
 
-  /** Sends a new disk's table to every connected agent it is presented to. */
-  private async exportDisk(disk: Disk): Promise<void> {
-    const agents = [...this.agents.values()].filter((agent) => presentedTo(disk, agent.id));
-    await Promise.all(agents.map((agent) => this.sendTable(agent, disk)));
-  }
 
   /**
    * Changes which agents present a disk (R7): those that lose it drop the table and finish their
@@ -583,17 +499,14 @@ export class Controller {
       // agent; an unexport makes it every agent known now but that one.
       const after = add
         ? [...new Set([...(disk.exports ?? []), agentId])]
-        : (disk.exports ?? [...this.agents.keys()]).filter((id) => id !== agentId);
+        : (disk.exports ?? this.agents.ids()).filter((id) => id !== agentId);
       await this.familyLocks.run(disk.family, async () => {
         await this.persistRecords([{ t: "present", disk: disk.id, agents: after }]);
         await Promise.all(
-          [...this.agents.values()].map(async (agent) => {
+          this.agents.all().map(async (agent) => {
             const wanted = presentedTo(disk, agent.id);
-            if (wanted && !agent.disks.has(disk.id)) await this.sendTable(agent, disk);
-            if (!wanted && agent.disks.has(disk.id)) {
-              await agent.call((peer) => peer.request("delete_table", { disk: disk.id, blocking: true }));
-              agent.disks.delete(disk.id);
-            }
+            if (wanted && !agent.disks.has(disk.id)) await this.agents.sendTable(agent, disk);
+            if (!wanted && agent.disks.has(disk.id)) await this.agents.dropTable(agent, disk);
           }),
         );
       });
@@ -602,7 +515,7 @@ export class Controller {
   }
 
   private agentSummaries(): AgentSummary[] {
-    return [...this.agents.values()].map((agent) => ({
+    return this.agents.all().map((agent) => ({
       id: agent.id,
       nbd: agent.nbd,
       connected: agent.connected,
@@ -632,7 +545,7 @@ export class Controller {
     const id = this.catalog.newLunId();
     await this.persistRecords([{ t: "lun", id, path, size, knownZero: created }]);
     this.pool.addLun(this.catalog.luns.get(id)!);
-    await Promise.all([...this.agents.values()].map((agent) => agent.call((peer) => peer.request("add_container", { id, path }))));
+    await Promise.all(this.agents.all().map((agent) => agent.call((peer) => peer.request("add_container", { id, path }))));
     return this.lunSummary(id);
   }
 
@@ -677,46 +590,6 @@ export class Controller {
   private releaseSegments(freed: Freed[]): void {
     for (const { lun, offset, shift } of freed) this.pool.release(lun, offset, shift);
   }
-
-  /** Sends entries to a disk's agents as runs over contiguous segments, and waits for them. */
-  private async pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
-    const ranges: [first: number, count: number][] = [];
-    for (const segment of [...segments].sort((a, b) => a - b)) {
-      const last = ranges[ranges.length - 1];
-      if (last && last[0] + last[1] === segment) last[1] += 1;
-      else ranges.push([segment, 1]);
-    }
-    await Promise.all(
-      this.agentsOf(disk.id, options.except as AgentLink | undefined).flatMap((agent) =>
-        ranges.map(([first, count]) =>
-          agent.call((peer) => peer.request("set_entry", { disk: disk.id, first, runs: this.catalog.agentRuns(disk, first, count), blocking: options.blocking })),
-        ),
-      ),
-    );
-  }
-
-  private async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
-    const count = disk.table.entryCount;
-    await Promise.all(
-      this.agentsOf(disk.id).map((agent) =>
-        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking })),
-      ),
-    );
-  }
-
-  /**
-   * Drops an agent whose lease ran out without a renewal (R8). It has stopped its I/O by then: it
-   * counts its lease from before it asked for the renewal, the controller from after it heard it,
-   * plus a grace. When it comes back it registers again and reloads everything through faults.
-   */
-  private fence(agent: AgentLink): void {
-    if (this.agents.get(agent.id) === agent) {
-      this.say(`agent ${agent.id}: lease expired; fenced until it registers again`);
-      this.agents.delete(agent.id);
-      this.persistRecords([{ t: "agentgone", id: agent.id }]).catch((error: Error) => this.say(`agent ${agent.id}: ${error.message}`));
-    }
-    agent.end();
-  }
 }
 
 /** The segments of `disk` whose storage lies on container `lun`. */
@@ -726,20 +599,7 @@ function segmentsOn(disk: Disk, lun: number): number[] {
   return segments;
 }
 
-function presentedTo(disk: Disk, agentId: string): boolean {
-  return disk.exports === null || disk.exports.includes(agentId);
-}
 
-/** The promise's outcome, or a rejection once `ms` have passed. */
-async function withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: Timer | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)));
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Creates a sparse container file of `size` bytes; returns false when the path already existed. */
 function createContainerFile(path: string, size: number): boolean {

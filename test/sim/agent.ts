@@ -5,6 +5,7 @@
 // the next one starts with no tables at all.
 import { FAULT_WAIT_MS } from "../../agent/agent.ts";
 import { QuiesceGates } from "../../agent/gates.ts";
+import { setStates, writeRuns } from "../../agent/table-edits.ts";
 import {
   agentRequests,
   controllerRequests,
@@ -13,10 +14,9 @@ import {
   type AgentRequests,
   type ArgsOf,
   type Runs,
-  type SettableState,
 } from "../../engine/wire/messages.ts";
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../../engine/wire/peer.ts";
-import { ENTRY_NO_WRITE, ERROR_WORD, INVALID_WORD, ZERO_WORD } from "../../wasm/entry.ts";
+import { INVALID_WORD } from "../../wasm/entry.ts";
 import { TABLE_SLOTS_MAX, type SharedTables } from "../../wasm/tables.ts";
 import { DataPath, HostError, type DataPathContext, type ExportedTable, type FaultRequest } from "./agent-io.ts";
 import { SimInflight } from "./inflight.ts";
@@ -337,8 +337,7 @@ class AgentProcess implements DataPathContext {
       case "set_entry_state": {
         const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
         const table = this.table(disk);
-        this.checkRange(table, first, count);
-        this.setStates(table, first, count, set, clear.length > 0);
+        setStates(this.tables, table, first, count, set, clear.length > 0);
         if (blocking) await this.inflight.drain();
         return {};
       }
@@ -381,16 +380,6 @@ class AgentProcess implements DataPathContext {
     this.openGates([table]);
   }
 
-  /** Invalid, Z and E void the location, so setting one of them replaces the whole entry. */
-  private setStates(table: Table, first: number, count: number, set: SettableState[], clearNoWrite: boolean): void {
-    const voiding = set.includes("invalid") ? INVALID_WORD : set.includes("error") ? ERROR_WORD : set.includes("zero") ? ZERO_WORD : null;
-    if (voiding !== null) {
-      this.tables.fillEntries(table.slot, first, count, voiding);
-      return;
-    }
-    if (set.includes("nw")) this.tables.updateStates(table.slot, first, count, ENTRY_NO_WRITE, 0);
-    else if (clearNoWrite) this.tables.updateStates(table.slot, first, count, 0, ENTRY_NO_WRITE);
-  }
 
   private table(disk: number): Table {
     const table = this.byDisk.get(disk);
@@ -398,21 +387,14 @@ class AgentProcess implements DataPathContext {
     return table;
   }
 
-  private checkRange(table: Table, first: number, count: number): void {
-    if (first + count > table.entryCount) throw new RequestError("EINVAL", `entries ${first}..${first + count - 1} are outside the table`);
-  }
 
   private applyRuns(disk: number, first: number, runs: Runs, strict = false): void {
     const table = this.byDisk.get(disk);
     if (!table) {
       if (strict) throw new RequestError("NOT_FOUND", `no table for disk ${disk}`);
-      return; // the table went away while the fault was answered: the request will see GONE
+      return; // the table went away while the fault was answered: the request will see GONE.
     }
-    this.checkRange(table, first, runs.reduce((sum, [, count]) => sum + count, 0));
-    let index = first;
-    for (const [word, count] of runs) {
-      this.tables.fillEntries(table.slot, index, count, word);
-      index += count;
-    }
+    writeRuns(this.tables, table, first, runs);
   }
+
 }

@@ -3,16 +3,19 @@
 // allocator over simulated containers, FaultResolver, createSnapshots/rollback, AgentLink (leases
 // and fencing) on the simulated clock, the wire Peer. What is modelled here is the glue of
 // engine/controller.ts that binds them to sockets, files and timers, kept as close to it as
-// possible: hello and registration, the operations' locking, pushes to agents, container health.
+// possible: hello and registration, the operations' locking, container health. What agents get
+// and when (pushes, quiesce, leases and fencing) is the real AgentFleet.
 // Compaction is left out (the world compacts the log between incarnations instead).
-import { AgentLink, type AgentPeer, type LeaseClock } from "../../engine/agent-link.ts";
+import { AgentFleet, type FleetContext } from "../../engine/agent-fleet.ts";
+import type { AgentLink, AgentPeer, LeaseClock } from "../../engine/agent-link.ts";
+import { HEALTH_CHECK_INTERVAL_MS } from "../../engine/container-health.ts";
 import { Catalog, parseRecord, type Disk, type DiskMode, type Freed, type LogRecord } from "../../engine/catalog.ts";
 import { FaultResolver, type FaultAnswer } from "../../engine/faults.ts";
 import { AppendLog } from "../../engine/log/append-log.ts";
 import { Pool, type ContainerIo } from "../../engine/pool.ts";
 import { createSnapshots, rollback, type SnapshotContext } from "../../engine/snapshots.ts";
 import { KeyedMutex } from "../../engine/util/mutex.ts";
-import { agentRequests, controllerRequests, LEASE_MS_DEFAULT, LUN_FAILURE_LENGTH_MAX, PROTOCOL_VERSION, type ArgsOf, type ControllerRequests, type SettableState } from "../../engine/wire/messages.ts";
+import { agentRequests, controllerRequests, LEASE_MS_DEFAULT, LUN_FAILURE_LENGTH_MAX, PROTOCOL_VERSION, type ArgsOf, type ControllerRequests } from "../../engine/wire/messages.ts";
 import { Peer, RequestError } from "../../engine/wire/peer.ts";
 import type { Stream } from "../../engine/wire/transport.ts";
 import { entryContainer } from "../../wasm/entry.ts";
@@ -23,9 +26,6 @@ import { Life, type Scheduler } from "./scheduler.ts";
 import { BLOCK_BYTES, CONTROLLER_HOST, HostStorage, type SimStorage } from "./storage.ts";
 import type { Trace } from "./trace.ts";
 
-/** As in engine/controller.ts and engine/container-health.ts. */
-const QUIESCE_ANSWER_GRACE_MS = 1_000;
-const HEALTH_CHECK_INTERVAL_MS = 1_000;
 
 export interface ContainerSpec {
   id: number;
@@ -55,7 +55,7 @@ export class SimController {
   /** Resolves when this incarnation crashes. */
   readonly died: Promise<void>;
   private die!: () => void;
-  private readonly agents = new Map<string, AgentLink>();
+  private readonly agents: AgentFleet;
   private readonly familyLocks = new KeyedMutex<number>();
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private readonly context: SnapshotContext;
@@ -78,14 +78,25 @@ export class SimController {
       persist: (records) => this.persistRecords(records),
       release: (freed) => this.releaseSegments(freed),
       pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
-      pushStates: (disk, set, blocking) => this.pushStates(disk, set, blocking),
-      exportDisk: (disk) => this.exportDisk(disk),
+      pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
+      exportDisk: (disk) => this.agents.exportDisk(disk),
       newDiskId: () => this.catalog.newDiskId(),
       failpoint: (name) => env.failpoint(name),
     };
     this.faults = new FaultResolver(this.context);
     const { scheduler } = env;
-    this.clock = { now: () => scheduler.now, after: (ms, run) => scheduler.after(ms, this.life, run) };
+    const clock: LeaseClock = { now: () => scheduler.now, after: (ms, run) => scheduler.after(ms, this.life, run) };
+    this.clock = clock;
+    const fleet: FleetContext = {
+      catalog: this.catalog,
+      persist: (records) => this.persistRecords(records),
+      say: (line) => env.trace.note(`controller: ${line}`),
+      fenced: (agent) => {
+        env.trace.note(`controller: agent ${agent.id} fenced`);
+        env.trace.count("agent fenced");
+      },
+    };
+    this.agents = new AgentFleet(fleet, clock);
   }
 
   /** Recovery: the real log is opened and replayed, the pool rebuilt from the tables. */
@@ -100,7 +111,7 @@ export class SimController {
     }
     for (const record of records) controller.catalog.apply(parseRecord(record));
     controller.pool.rebuild();
-    controller.expectKnownAgents();
+    controller.agents.expectKnownAgents();
     return controller;
   }
 
@@ -153,7 +164,7 @@ export class SimController {
     return this.locked(async () => {
       const id = this.catalog.newDiskId();
       await this.persistRecords([{ t: "disk", id, name, size, segmentShift, mode }]);
-      await this.exportDisk(this.catalog.disk(id));
+      await this.agents.exportDisk(this.catalog.disk(id));
     });
   }
 
@@ -161,12 +172,7 @@ export class SimController {
     return this.locked(async () => {
       const disk = this.diskNamed(name);
       await this.familyLocks.run(disk.family, async () => {
-        await Promise.all(
-          this.agentsOf(disk.id).map(async (agent) => {
-            await agent.call((peer) => peer.request("delete_table", { disk: disk.id, blocking: true }));
-            agent.disks.delete(disk.id);
-          }),
-        );
+        await Promise.all(this.agents.agentsOf(disk.id).map((agent) => this.agents.dropTable(agent, disk)));
         this.releaseSegments(await this.persistRecords([{ t: "rmdisk", id: disk.id }]));
       });
     });
@@ -184,14 +190,14 @@ export class SimController {
       const sources = pairs.map((pair) => this.diskNamed(pair.source));
       const families = [...new Set(sources.map((disk) => disk.family))].sort((a, b) => a - b);
       await this.withFamilies(families, async () => {
-        const quiesced = await this.quiesceAll(sources, timeoutMs);
+        const quiesced = await this.agents.quiesceAll(sources, timeoutMs);
         try {
           await createSnapshots(
             this.context,
             sources.map((source, i) => ({ source, name: pairs[i]!.name, mode: source.mode, invalidate: false })),
           );
         } finally {
-          await this.activateAll(quiesced, sources);
+          await this.agents.activateAll(quiesced, sources);
         }
       });
     });
@@ -213,7 +219,7 @@ export class SimController {
       const problem = this.problem(id);
       if (problem !== null) throw new RequestError("EIO", `container ${id} still fails its check: ${problem}`);
       this.pool.reopen(id);
-      await Promise.all([...this.agents.values()].map((agent) => agent.call((peer) => peer.request("add_container", { id, path: lun.path }))));
+      await Promise.all(this.agents.all().map((agent) => agent.call((peer) => peer.request("add_container", { id, path: lun.path }))));
       await this.persistRecords([{ t: "lunhealth", lun: id }]);
       await this.pushSegmentsOn(id);
     });
@@ -247,55 +253,13 @@ export class SimController {
   }
 
   private async registerAgent(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
-    const before = this.agents.get(id);
-    const agent = new AgentLink(id, nbd, peer, leaseMs, (link) => this.fence(link), this.clock);
-    this.agents.set(id, agent);
-    if (before?.connected) {
-      before.peer!.close();
-      before.watchLease();
-    } else {
-      before?.end();
-    }
-    peer.onClosed(() => agent.watchLease());
-    if (this.catalog.agents.get(id) !== leaseMs) await this.persistRecords([{ t: "agent", id, leaseMs }]);
+    const agent = await this.agents.register(id, nbd, leaseMs, peer);
     await this.locked(async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
-      for (const disk of this.catalog.disks.values()) await this.sendTable(agent, disk);
+      for (const disk of this.catalog.disks.values()) await this.agents.sendTable(agent, disk);
     });
     this.env.trace.note(`controller: agent ${id} registered`);
     return agent;
-  }
-
-  private expectKnownAgents(): void {
-    for (const [id, leaseMs] of this.catalog.agents) {
-      const agent = new AgentLink(id, "", null, leaseMs, (link) => this.fence(link), this.clock);
-      for (const disk of this.catalog.disks.values()) agent.disks.add(disk.id);
-      this.agents.set(id, agent);
-      agent.watchLease();
-    }
-  }
-
-  private async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
-    await agent.call((peer) => peer.request("new_table", { disk: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift, readOnly: false }));
-    agent.disks.add(disk.id);
-  }
-
-  private agentsOf(diskId: number, except?: AgentLink): AgentLink[] {
-    return [...this.agents.values()].filter((agent) => agent !== except && agent.disks.has(diskId));
-  }
-
-  private async exportDisk(disk: Disk): Promise<void> {
-    await Promise.all([...this.agents.values()].map((agent) => this.sendTable(agent, disk)));
-  }
-
-  private fence(agent: AgentLink): void {
-    if (this.agents.get(agent.id) === agent) {
-      this.env.trace.note(`controller: agent ${agent.id} fenced`);
-      this.env.trace.count("agent fenced");
-      this.agents.delete(agent.id);
-      this.persistRecords([{ t: "agentgone", id: agent.id }]).catch(() => undefined);
-    }
-    agent.end();
   }
 
   // ---- Consistency groups ----
@@ -305,40 +269,6 @@ export class SimController {
     if (first === undefined) return work();
     return this.familyLocks.run(first, () => this.withFamilies(rest, work));
   }
-
-  private async quiesceAll(disks: Disk[], timeoutMs: number): Promise<AgentLink[]> {
-    const agents = [...new Set(disks.flatMap((disk) => this.agentsOf(disk.id)))];
-    const results = await Promise.allSettled(
-      agents.map((agent) =>
-        this.withDeadline(
-          agent.call((peer) => peer.request("quiesce", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id), timeoutMs })),
-          timeoutMs + QUIESCE_ANSWER_GRACE_MS,
-          `no answer to quiesce within ${timeoutMs + QUIESCE_ANSWER_GRACE_MS} ms`,
-        ),
-      ),
-    );
-    const failed = results.flatMap((result, i) => (result.status === "rejected" ? [`agent ${agents[i]!.id}: ${(result.reason as Error).message}`] : []));
-    if (failed.length > 0) {
-      await this.activateAll(agents, disks);
-      throw new RequestError("EAGAIN", `group snapshot abandoned, no snapshot made: ${failed.join("; ")}`);
-    }
-    return agents;
-  }
-
-  private async activateAll(agents: AgentLink[], disks: Disk[]): Promise<void> {
-    await Promise.all(
-      agents.map((agent) => {
-        const activated = agent.call((peer) => peer.request("activate", { disks: disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id) }));
-        return this.withDeadline(activated, QUIESCE_ANSWER_GRACE_MS, "no answer").catch(() => undefined);
-      }),
-    );
-  }
-
-  private withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-    return Promise.race([promise, this.env.scheduler.sleep(ms, this.life).then(() => Promise.reject(new Error(message)))]);
-  }
-
-  // ---- Failing containers (R14) ----
 
   private healthLoop(): void {
     this.env.scheduler.after(HEALTH_CHECK_INTERVAL_MS, this.life, () => {
@@ -387,7 +317,7 @@ export class SimController {
   private async pushSegmentsOn(id: number): Promise<void> {
     for (const disk of this.catalog.disks.values()) {
       const segments = [...disk.table.locations()].filter(([, word]) => entryContainer(word) === id).map(([index]) => index);
-      if (segments.length > 0) await this.familyLocks.run(disk.family, () => this.pushEntries(disk, segments, { blocking: false }));
+      if (segments.length > 0) await this.familyLocks.run(disk.family, () => this.agents.pushEntries(disk, segments, { blocking: false }));
     }
   }
 
@@ -424,40 +354,15 @@ export class SimController {
     for (const { lun, offset, shift } of freed) this.pool.release(lun, offset, shift);
   }
 
-  private async pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object; only?: object }): Promise<void> {
-    const ranges: [first: number, count: number][] = [];
-    for (const segment of [...segments].sort((a, b) => a - b)) {
-      const last = ranges[ranges.length - 1];
-      if (last && last[0] + last[1] === segment) last[1] += 1;
-      else ranges.push([segment, 1]);
-    }
-    await Promise.all(
-      this.agentsOf(disk.id, options.except as AgentLink | undefined)
-        .filter((agent) => !options.only || agent === options.only)
-        .flatMap((agent) =>
-          ranges.map(([first, count]) =>
-            agent.call((peer) => peer.request("set_entry", { disk: disk.id, first, runs: this.catalog.agentRuns(disk, first, count), blocking: options.blocking })),
-          ),
-        ),
-    );
-  }
-
-  private async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
-    const count = disk.table.entryCount;
-    await Promise.all(
-      this.agentsOf(disk.id).map((agent) => agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking }))),
-    );
-  }
-
   /** How fault handling pushes entries: as it asks, or, working around a known bug, a fault's
    *  final push (non-blocking, to all but the faulting agent) blocking, and then blocking to the
    *  faulting agent too (last, as its answer would be: it may write once it has the entry). */
   private async faultPush(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
     if (options.blocking || !options.except || this.env.reproduce.includes("stale-read-after-forward-delta")) {
-      return this.pushEntries(disk, segments, options);
+      return this.agents.pushEntries(disk, segments, options);
     }
-    await this.pushEntries(disk, segments, { blocking: true, except: options.except });
-    await this.pushEntries(disk, segments, { blocking: true, only: options.except });
+    await this.agents.pushEntries(disk, segments, { blocking: true, except: options.except });
+    await this.agents.pushEntriesTo(this.agents.agentsOf(disk.id).filter((agent) => agent === options.except), disk, segments, true);
   }
 
   private diskNamed(name: string): Disk {

@@ -1,0 +1,196 @@
+// The agents a controller serves (R6, R7, R8): who holds which table, what each gets when a table
+// changes, and how a cut-off or silent agent is waited for or fenced. One place for this logic,
+// so the controller and the simulator's controller treat agents alike.
+import { AgentLink, monotonicClock, type AgentPeer, type LeaseClock } from "./agent-link.ts";
+import type { Catalog, Disk, Freed, LogRecord } from "./catalog.ts";
+import type { SettableState } from "./wire/messages.ts";
+import { RequestError } from "./wire/peer.ts";
+
+/** How long past its own time limit an agent may take to answer quiesce, or to answer activate. */
+export const QUIESCE_ANSWER_GRACE_MS = 1_000;
+
+export interface FleetContext {
+  readonly catalog: Catalog;
+  persist(records: LogRecord[]): Promise<Freed[]>;
+  say(line: string): void;
+  /** An agent's lease ran out and it was dropped. */
+  fenced(agent: AgentLink): void;
+}
+
+export function presentedTo(disk: Disk, agentId: string): boolean {
+  return disk.exports === null || disk.exports.includes(agentId);
+}
+
+export class AgentFleet {
+  private readonly links = new Map<string, AgentLink>();
+
+  constructor(
+    private readonly ctx: FleetContext,
+    private readonly clock: LeaseClock = monotonicClock,
+  ) {}
+
+  all(): AgentLink[] {
+    return [...this.links.values()];
+  }
+
+  ids(): string[] {
+    return [...this.links.keys()];
+  }
+
+  /** The agents that hold (or may hold) the table of `diskId`, connected or not. */
+  agentsOf(diskId: number, except?: AgentLink): AgentLink[] {
+    return this.all().filter((agent) => agent !== except && agent.disks.has(diskId));
+  }
+
+  /** After a restart every agent known from the log may still serve the tables it had: until it
+   *  registers again or its lease runs out, changes to them wait for it (R8). */
+  expectKnownAgents(): void {
+    for (const [id, leaseMs] of this.ctx.catalog.agents) {
+      const agent = this.newLink(id, "", null, leaseMs);
+      for (const disk of this.ctx.catalog.disks.values()) if (presentedTo(disk, id)) agent.disks.add(disk.id);
+      this.links.set(id, agent);
+      agent.watchLease();
+    }
+  }
+
+  /**
+   * A new link for an agent saying hello (its tables are then loaded by the caller). The agent
+   * dropped every entry it held before it said hello, so a link it had before (cut off, or known
+   * from before a restart) ends now; a link still connected ends only with its lease.
+   */
+  async register(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
+    const before = this.links.get(id);
+    const agent = this.newLink(id, nbd, peer, leaseMs);
+    this.links.set(id, agent);
+    if (before?.connected) {
+      before.peer!.close();
+      before.watchLease();
+    } else {
+      before?.end();
+    }
+    peer.onClosed(() => agent.watchLease());
+    if (this.ctx.catalog.agents.get(id) !== leaseMs) await this.ctx.persist([{ t: "agent", id, leaseMs }]);
+    return agent;
+  }
+
+  async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
+    await agent.call((peer) =>
+      peer.request("new_table", { disk: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift, readOnly: false }),
+    );
+    agent.disks.add(disk.id);
+  }
+
+  /** The agent drops the table, once its I/O to the disk has finished. */
+  async dropTable(agent: AgentLink, disk: Disk): Promise<void> {
+    await agent.call((peer) => peer.request("delete_table", { disk: disk.id, blocking: true }));
+    agent.disks.delete(disk.id);
+  }
+
+  /** Sends a new disk's table to every agent it is presented to. */
+  async exportDisk(disk: Disk): Promise<void> {
+    await Promise.all(this.all().filter((agent) => presentedTo(disk, agent.id)).map((agent) => this.sendTable(agent, disk)));
+  }
+
+  /** Sends the entries `segments` of `disk` to its agents (but `except`), as runs over contiguous
+   *  segments, and waits for them. */
+  pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
+    return this.pushEntriesTo(this.agentsOf(disk.id, options.except as AgentLink | undefined), disk, segments, options.blocking);
+  }
+
+  async pushEntriesTo(agents: AgentLink[], disk: Disk, segments: number[], blocking: boolean): Promise<void> {
+    const ranges: [first: number, count: number][] = [];
+    for (const segment of [...segments].sort((a, b) => a - b)) {
+      const last = ranges[ranges.length - 1];
+      if (last && last[0] + last[1] === segment) last[1] += 1;
+      else ranges.push([segment, 1]);
+    }
+    await Promise.all(
+      agents.flatMap((agent) =>
+        ranges.map(([first, count]) =>
+          agent.call((peer) => peer.request("set_entry", { disk: disk.id, first, runs: this.ctx.catalog.agentRuns(disk, first, count), blocking })),
+        ),
+      ),
+    );
+  }
+
+  async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
+    const count = disk.table.entryCount;
+    await Promise.all(
+      this.agentsOf(disk.id).map((agent) => agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking }))),
+    );
+  }
+
+  /** Quiesces every agent of these disks; on a failure releases those already quiesced. */
+  async quiesceAll(disks: Disk[], timeoutMs: number): Promise<AgentLink[]> {
+    const agents = [...new Set(disks.flatMap((disk) => this.agentsOf(disk.id)))];
+    // An agent that does not answer at all (stopped, cut off) fails the group too, a little after
+    // the time it was given.
+    const results = await Promise.allSettled(
+      agents.map((agent) =>
+        this.withDeadline(
+          agent.call((peer) => peer.request("quiesce", { disks: disksOf(agent, disks), timeoutMs })),
+          timeoutMs + QUIESCE_ANSWER_GRACE_MS,
+          `no answer to quiesce within ${timeoutMs + QUIESCE_ANSWER_GRACE_MS} ms`,
+        ),
+      ),
+    );
+    const failed = results.flatMap((result, i) => (result.status === "rejected" ? [`agent ${agents[i]!.id}: ${(result.reason as Error).message}`] : []));
+    if (failed.length > 0) {
+      await this.activateAll(agents, disks);
+      throw new RequestError("EAGAIN", `group snapshot abandoned, no snapshot made: ${failed.join("; ")}`);
+    }
+    return agents;
+  }
+
+  /** Releases held I/O everywhere. An agent that does not answer gets the activate after its
+   *  quiesce once it runs again (one connection keeps them in order), so nobody waits for it. */
+  async activateAll(agents: AgentLink[], disks: Disk[]): Promise<void> {
+    await Promise.all(
+      agents.map((agent) =>
+        this.withDeadline(
+          agent.call((peer) => peer.request("activate", { disks: disksOf(agent, disks) })),
+          QUIESCE_ANSWER_GRACE_MS,
+          "no answer",
+        ).catch((error: Error) => this.ctx.say(`agent ${agent.id}: activate: ${error.message}`)),
+      ),
+    );
+  }
+
+  /** Ends every link (the controller stops). */
+  endAll(): void {
+    for (const agent of this.links.values()) agent.end();
+  }
+
+  private newLink(id: string, nbd: string, peer: AgentPeer | null, leaseMs: number): AgentLink {
+    return new AgentLink(id, nbd, peer, leaseMs, (link) => this.fence(link), this.clock);
+  }
+
+  /**
+   * Drops an agent whose lease ran out without a renewal (R8). It has stopped its I/O by then: it
+   * counts its lease from before it asked for the renewal, the controller from after it heard it,
+   * plus a grace. When it comes back it registers again and reloads everything through faults.
+   */
+  private fence(agent: AgentLink): void {
+    if (this.links.get(agent.id) === agent) {
+      this.links.delete(agent.id);
+      this.ctx.fenced(agent);
+      this.ctx.persist([{ t: "agentgone", id: agent.id }]).catch((error: Error) => this.ctx.say(`agent ${agent.id}: ${error.message}`));
+    }
+    agent.end();
+  }
+
+  /** The promise's outcome, or a rejection once `ms` have passed (on the lease clock). */
+  private async withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+    let cancel: (() => void) | undefined;
+    const late = new Promise<never>((_, reject) => (cancel = this.clock.after(ms, () => reject(new Error(message)))));
+    try {
+      return await Promise.race([promise, late]);
+    } finally {
+      cancel?.();
+    }
+  }
+}
+
+function disksOf(agent: AgentLink, disks: Disk[]): number[] {
+  return disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id);
+}
