@@ -7,9 +7,8 @@
 //                    [--servers ours,nbdkit-file,...] [--keep] [--verbose]
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { FILL_JOB, type FioJob, JOBS, type Timing, runFio } from "./fio-jobs.ts";
-import { log, makeTempDir, onInterrupt, settle } from "./harness.ts";
+import { isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, settle, UsageError } from "./harness.ts";
 import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
 import { reapAll } from "./processes.ts";
 import { type BenchConfig, type RunRecord, markdownReport, metricValue, resultsTable } from "./report.ts";
@@ -43,7 +42,6 @@ const USAGE = `usage: bun bench/fio.ts [--quick | --smoke] [--runtime SEC] [--re
   --keep      keep the temp directory (backing files, server data) for inspection
   --verbose   echo every server's output`;
 
-class UsageError extends Error {}
 
 interface Options {
   config: BenchConfig;
@@ -73,24 +71,9 @@ function parseServers(text: string | undefined, fallback: ServerId[]): ServerId[
 }
 
 function parseOptions(argv: string[]): Options | null {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: {
-      quick: { type: "boolean" },
-      smoke: { type: "boolean" },
-      runtime: { type: "string" },
-      reps: { type: "string" },
-      socket: { type: "string" },
-      servers: { type: "string" },
-      keep: { type: "boolean" },
-      verbose: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) return null;
-  if (values.quick && values.smoke) throw new UsageError("--quick and --smoke exclude each other");
-  const mode: BenchConfig["mode"] = values.smoke ? "smoke" : values.quick ? "quick" : "full";
+  const args = parseBenchArgs(argv, ["runtime", "reps", "socket", "servers"]);
+  if (!args) return null;
+  const { mode, values } = args;
   const defaults = MODES[mode];
   const config: BenchConfig = {
     mode,
@@ -101,7 +84,7 @@ function parseOptions(argv: string[]): Options | null {
     transports: parseTransports(values.socket),
     servers: parseServers(values.servers, defaults.servers),
   };
-  return { config, keep: !!values.keep, verbose: !!values.verbose };
+  return { config, keep: args.keep, verbose: args.verbose };
 }
 
 /** Everything one benchmark run collects. */
@@ -246,7 +229,7 @@ async function main(argv: string[]): Promise<number> {
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
-  const usage = error instanceof UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+  const usage = isUsageError(error);
   log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
   process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
 }

@@ -4,6 +4,7 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { reapAll, runCommand } from "./processes.ts";
 
 /** Preferred home of the temp directory: a disk-backed file system, unlike a tmpfs /tmp. */
@@ -51,4 +52,39 @@ export function onInterrupt(cleanUp: () => void): void {
   };
   process.on("SIGINT", handler);
   process.on("SIGTERM", handler);
+}
+
+/** A bad command line: the script prints its usage. */
+export class UsageError extends Error {}
+
+export type BenchMode = "full" | "quick" | "smoke";
+
+/** Options every bench script takes; `extra` names its own options that take a value. */
+export interface BenchArgs<K extends string> {
+  mode: BenchMode;
+  keep: boolean;
+  verbose: boolean;
+  values: Partial<Record<K, string>>;
+}
+
+/** Parses `--quick | --smoke`, `--keep`, `--verbose`, `-h` and the script's `extra` options; null for help. */
+export function parseBenchArgs<K extends string>(argv: string[], extra: readonly K[]): BenchArgs<K> | null {
+  const options: NonNullable<ParseArgsConfig["options"]> = {
+    quick: { type: "boolean" },
+    smoke: { type: "boolean" },
+    keep: { type: "boolean" },
+    verbose: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  };
+  for (const name of extra) options[name] = { type: "string" };
+  const { values } = parseArgs({ args: argv, strict: true, options });
+  if (values.help) return null;
+  if (values.quick && values.smoke) throw new UsageError("--quick and --smoke exclude each other");
+  const mode: BenchMode = values.smoke ? "smoke" : values.quick ? "quick" : "full";
+  return { mode, keep: !!values.keep, verbose: !!values.verbose, values: values as Partial<Record<K, string>> };
+}
+
+/** Whether `error` is a bad command line (ours or parseArgs'), not a failed run. */
+export function isUsageError(error: unknown): boolean {
+  return error instanceof UsageError || !!(error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
 }

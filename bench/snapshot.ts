@@ -12,12 +12,11 @@
 //   bun bench/snapshot.ts [--quick | --smoke] [--keep] [--verbose]
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { ControllerClient } from "../ctl/client.ts";
 import { readSecret } from "../engine/secret.ts";
 import type { ArgsOf, ControllerRequests, ResultOf } from "../engine/wire/messages.ts";
 import { FILL_JOB, type FioJob, type FioResult, JOBS, runFio } from "./fio-jobs.ts";
-import { log, makeTempDir, onInterrupt, settle } from "./harness.ts";
+import { isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, settle } from "./harness.ts";
 import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
 import { delay, reapAll } from "./processes.ts";
 import { markdownRow, median } from "./report.ts";
@@ -224,7 +223,6 @@ interface Results {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-class UsageError extends Error {}
 
 function formatBytes(bytes: number): string {
   for (const [unit, size] of [["TiB", TIB], ["GiB", GIB], ["MiB", MIB], ["KiB", KIB]] as const) {
@@ -852,21 +850,8 @@ const USAGE = `usage: bun bench/snapshot.ts [--quick | --smoke] [--keep] [--verb
   --verbose   echo every server's output`;
 
 function parseOptions(argv: string[]): { plan: Plan; keep: boolean; verbose: boolean } | null {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: {
-      quick: { type: "boolean" },
-      smoke: { type: "boolean" },
-      keep: { type: "boolean" },
-      verbose: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) return null;
-  if (values.quick && values.smoke) throw new UsageError("--quick and --smoke exclude each other");
-  const plan = PLANS[values.smoke ? "smoke" : values.quick ? "quick" : "full"];
-  return { plan, keep: !!values.keep, verbose: !!values.verbose };
+  const args = parseBenchArgs(argv, []);
+  return args && { plan: PLANS[args.mode], keep: args.keep, verbose: args.verbose };
 }
 
 function writeResults(plan: Plan, machine: MachineInfo, results: Results, markdown: string, startedAt: Date): string[] {
@@ -936,7 +921,7 @@ async function main(argv: string[]): Promise<number> {
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
-  const usage = error instanceof UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+  const usage = isUsageError(error);
   log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
   process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
 }
