@@ -22,7 +22,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, test } from "bun:test";
 import type { Subprocess } from "bun";
 import type { MemoryExportConfig } from "../fixtures/memory-backend.ts";
-import { Child, ctl, spawnCtl } from "./processes.ts";
+import { Child, ctl, forEachLine, spawnCtl } from "./processes.ts";
 import { type Endpoint, NBD, RawNbdClient } from "./raw-nbd-client.ts";
 
 export type NbdTargetKind = "fixture" | "agent";
@@ -266,7 +266,7 @@ async function startFixtureTarget(options: NbdTargetOptions): Promise<NbdTarget>
   const child = Bun.spawn(args, { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   const stdout = new LineReader(child.stdout);
   const logs: string[] = [];
-  void pumpStderr(child.stderr, logs);
+  void forEachLine(child.stderr, (line) => logs.push(line.startsWith("LOG ") ? line.slice(4) : line));
   let ready: string;
   try {
     ready = await stdout.next(READY_TIMEOUT_MS);
@@ -562,35 +562,16 @@ class LineReader {
   }
 
   private async pump(stream: ReadableStream<Uint8Array>): Promise<void> {
-    const decoder = new TextDecoder();
-    let pending = "";
-    for await (const chunk of stream) {
-      pending += decoder.decode(chunk, { stream: true });
-      let i: number;
-      while ((i = pending.indexOf("\n")) >= 0) {
-        this.lines.push(pending.slice(0, i));
-        pending = pending.slice(i + 1);
-      }
+    await forEachLine(stream, (line) => {
+      this.lines.push(line);
       this.waiter?.();
-    }
+    });
     this.ended = true;
     this.waiter?.();
   }
+
 }
 
-async function pumpStderr(stream: ReadableStream<Uint8Array>, logs: string[]): Promise<void> {
-  const decoder = new TextDecoder();
-  let pending = "";
-  for await (const chunk of stream) {
-    pending += decoder.decode(chunk, { stream: true });
-    let i: number;
-    while ((i = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, i);
-      logs.push(line.startsWith("LOG ") ? line.slice(4) : line);
-      pending = pending.slice(i + 1);
-    }
-  }
-}
 
 /** Starts a target of `kind` before a suite's tests (handing it to `assign`) and stops it after. */
 export function useNbdTarget(kind: NbdTargetKind, assign: (target: NbdTarget) => void): void {

@@ -20,6 +20,20 @@ writeFileSync(TEST_SECRET_FILE, `${randomBytes(32).toString("hex")}\n`, { mode: 
 process.env.CTL_SECRET_FILE = TEST_SECRET_FILE;
 process.on("exit", () => rmSync(secretDir, { recursive: true, force: true }));
 
+/** Calls `onLine` for every line of a byte stream (the last one too, if unterminated). */
+export async function forEachLine(stream: ReadableStream<Uint8Array> | null | undefined, onLine: (line: string) => void): Promise<void> {
+  if (!stream) return;
+  const decoder = new TextDecoder();
+  let partial = "";
+  for await (const chunk of stream) {
+    partial += decoder.decode(chunk, { stream: true });
+    const parts = partial.split("\n");
+    partial = parts.pop()!;
+    for (const line of parts) onLine(line);
+  }
+  if (partial) onLine(partial);
+}
+
 /** A running child whose stdout and stderr lines are collected as they arrive. */
 export class Child {
   readonly lines: string[] = [];
@@ -28,19 +42,8 @@ export class Child {
 
   constructor(readonly proc: ReturnType<typeof Bun.spawn>, readonly label: string) {
     living.add(this);
-    const pump = async (stream: ReadableStream<Uint8Array> | null | undefined) => {
-      if (!stream) return;
-      const decoder = new TextDecoder();
-      let partial = "";
-      for await (const chunk of stream) {
-        partial += decoder.decode(chunk, { stream: true });
-        const parts = partial.split("\n");
-        partial = parts.pop()!;
-        for (const line of parts) this.onLine(line);
-      }
-      if (partial) this.onLine(partial);
-    };
-    const pumps = Promise.all([pump(proc.stdout as ReadableStream<Uint8Array>), pump(proc.stderr as ReadableStream<Uint8Array>)]);
+    const onLine = (line: string) => this.onLine(line);
+    const pumps = Promise.all([forEachLine(proc.stdout as ReadableStream<Uint8Array>, onLine), forEachLine(proc.stderr as ReadableStream<Uint8Array>, onLine)]);
     this.exited = pumps.then(() => proc.exited).finally(() => living.delete(this));
   }
 
