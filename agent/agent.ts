@@ -7,11 +7,13 @@ import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
 import { checkRange, setStates, writeRuns } from "./table-edits.ts";
 import { Lease } from "./lease.ts";
+import { UncommittedChanges } from "./uncommitted.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
 import { nbdUri, type Address } from "../engine/util/address.ts";
 import {
   agentRequests,
   controllerRequests,
+  BACKGROUND_COMMIT_MS,
   LEASE_MS_DEFAULT,
   LUN_FAILURE_LENGTH_MAX,
   PROTOCOL_VERSION,
@@ -31,6 +33,8 @@ const RECONNECT_DELAY_MIN_MS = 50;
 /** Renewals per lease term: a few lost or late ones do not end the lease. */
 const LEASE_RENEWALS_PER_TERM = 4;
 const RECONNECT_DELAY_MAX_MS = 2_000;
+/** The errors a host can get for a request the main thread handled. */
+type HostErrno = NonNullable<Extract<ToWorker, { type: "resume" }>["errno"]>;
 /** Answers to hello that trying again cannot change. */
 const REFUSALS_FOR_GOOD = new Set(["EACCES", "EVERSION"]);
 
@@ -70,6 +74,8 @@ export class Agent {
   private readonly exportWaiters = new Map<number, { pending: number; resolve(): void }>();
   private readonly exportListeners: ((name: string, uri: string) => void)[] = [];
   private readonly storageErrorsReporting = new Set<number>();
+  private readonly uncommitted = new UncommittedChanges();
+  private readonly commitTimers = new Map<number, Timer>();
   private readonly refusalListeners: ((error: RemoteError) => void)[] = [];
   private readonly say: (line: string) => void;
 
@@ -134,6 +140,7 @@ export class Agent {
     for (const worker of this.workers) worker.terminate();
     this.stopping = true;
     clearTimeout(this.leaseTimer);
+    for (const timer of this.commitTimers.values()) clearTimeout(timer);
     this.controller?.close();
   }
 
@@ -213,12 +220,21 @@ export class Agent {
       this.reportStorageError(message.container, message.message);
       return;
     }
+    if (message.type === "commit") {
+      this.answer(worker, message.request, this.commitFor(message.disk, true), `commit of disk ${message.disk}`);
+      return;
+    }
     if (message.type !== "fault") return;
-    this.forwardFault(message).then(
-      (errno) => this.post(worker, errno ? { type: "resume", request: message.request, errno } : { type: "resume", request: message.request }),
+    this.answer(worker, message.request, this.forwardFault(message), `fault on disk ${message.disk}`);
+  }
+
+  /** Resumes the worker's request once `outcome` is known, with its errno if any. */
+  private answer(worker: Worker, request: number, outcome: Promise<HostErrno | undefined>, what: string): void {
+    outcome.then(
+      (errno) => this.post(worker, errno ? { type: "resume", request, errno } : { type: "resume", request }),
       (error: Error) => {
-        this.say(`fault on disk ${message.disk} failed: ${error.message}`);
-        this.post(worker, { type: "resume", request: message.request, errno: "EIO" });
+        this.say(`${what} failed: ${error.message}`);
+        this.post(worker, { type: "resume", request, errno: "EIO" });
       },
     );
   }
@@ -236,22 +252,66 @@ export class Agent {
   }
 
   /** Sends a fault to the controller and applies its answer; returns the errno for the host, if any. */
-  private async forwardFault(fault: Extract<FromWorker, { type: "fault" }>): Promise<"EIO" | "ENOSPC" | "EPERM" | "EINVAL" | undefined> {
+  private async forwardFault(fault: Extract<FromWorker, { type: "fault" }>): Promise<HostErrno | undefined> {
+    const { request: _, type: __, ...args } = fault;
+    const answer = await this.withController((controller) =>
+      // The entries go in as the answer is read, before any command the controller sent after
+      // it (say a snapshot's No-write) is applied, so an older answer never overwrites a newer state.
+      controller.request("fault", args, (arrived) => {
+        if (arrived.action === "retry" && arrived.runs && arrived.first !== undefined) this.applyRuns(fault.disk, arrived.first, arrived.runs);
+      }),
+    );
+    if (!answer) return "EIO";
+    if (answer.action === "error") return answer.errno ?? "EIO";
+    if (answer.run !== undefined) {
+      this.uncommitted.note(fault.disk, answer.run);
+      this.commitSoon(fault.disk);
+    }
+    return undefined;
+  }
+
+  /** Has the controller commit the mapping changes writes to `disk` relied on. For a FLUSH
+   *  (`flushing`) lost changes are an error, reported once; in the background they are noted. */
+  private async commitFor(disk: number, flushing: boolean): Promise<HostErrno | undefined> {
+    const pending = this.uncommitted.pending(disk);
+    if (!pending) return undefined;
+    if (!pending.lost) {
+      try {
+        if (!(await this.withController((controller) => controller.request("commit", { run: pending.run })))) return "EIO";
+        this.uncommitted.committed(disk, pending);
+        return undefined;
+      } catch (error) {
+        if (!(error instanceof RemoteError && error.code === "ESTALE")) throw error;
+        this.uncommitted.runEnded(disk, pending);
+      }
+    }
+    if (!flushing) return undefined;
+    this.say(`agent ${this.options.id}: FLUSH of disk ${disk} fails: the controller restarted before it committed the mappings of writes acknowledged earlier, so those writes are lost`);
+    this.uncommitted.lossReported(disk, pending);
+    return "EIO";
+  }
+
+  /** Commits a fault's changes soon without waiting for a FLUSH: then a controller crash after
+   *  that does not fail the FLUSH (the agent cannot tell whether another commit saved them). */
+  private commitSoon(disk: number): void {
+    if (this.commitTimers.has(disk)) return;
+    const timer = setTimeout(() => {
+      this.commitTimers.delete(disk);
+      this.commitFor(disk, false).catch((error: Error) => this.say(`agent ${this.options.id}: background commit of disk ${disk}: ${error.message}`));
+    }, BACKGROUND_COMMIT_MS);
+    this.commitTimers.set(disk, timer);
+  }
+
+  /** Runs `call` on the controller connection, again after a lost connection once the agent is
+   *  registered again; null when the controller stays out of reach for FAULT_WAIT_MS. */
+  private async withController<T>(call: (controller: ControllerPeer) => Promise<T>): Promise<T | null> {
     const deadline = Date.now() + FAULT_WAIT_MS;
     for (;;) {
       const controller = await this.controllerBefore(deadline);
-      if (!controller) return "EIO";
+      if (!controller) return null;
       try {
-        const { request: _, type: __, ...args } = fault;
-        // The entries go in as the answer is read, before any command the controller sent after
-        // it (say a snapshot's No-write) is applied, so an older answer never overwrites a newer state.
-        const answer = await controller.request("fault", args, (arrived) => {
-          if (arrived.action === "retry" && arrived.runs && arrived.first !== undefined) this.applyRuns(fault.disk, arrived.first, arrived.runs);
-        });
-        if (answer.action === "error") return answer.errno ?? "EIO";
-        return undefined;
+        return await call(controller);
       } catch (error) {
-        // A lost connection is retried once the agent is registered again; anything else fails the I/O.
         if (!(error instanceof ConnectionClosedError)) throw error;
       }
     }
@@ -381,6 +441,7 @@ export class Agent {
         const { disk } = args as ArgsOf<AgentRequests, "delete_table">;
         const table = this.table(disk);
         this.tables.delete(disk);
+        this.uncommitted.forget(disk);
         await this.broadcastExports();
         // Pages are only reused once no lookup can still be reading them, so always drain here.
         await this.retire(table);

@@ -53,7 +53,9 @@ interface Stop {
 }
 
 /** How a worker asks its main thread to handle a fault; resolves when the I/O may be retried. */
-export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; length: number } & Stop) => Promise<void>;
+export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; length: number; durable?: boolean } & Stop) => Promise<void>;
+/** How a worker has the mapping changes its writes to `disk` relied on committed (at FLUSH). */
+export type CommitSender = (disk: number) => Promise<void>;
 
 export class MappedBackend implements NbdBackend {
   private readonly byName = new Map<string, ExportEntry>();
@@ -68,6 +70,7 @@ export class MappedBackend implements NbdBackend {
     readonly lease: Lease,
     readonly files: ContainerFiles,
     readonly sendFault: FaultSender,
+    readonly sendCommit: CommitSender,
   ) {}
 
   /** Resolves at the next activate (the caller then looks at its gate again). */
@@ -122,7 +125,7 @@ class MappedExport implements ExportHandle {
   }
 
   read(offset: number, into: Uint8Array): Uint32Array | undefined | Promise<Uint32Array | undefined> {
-    return this.run(OP_READ, offset, into.length, () => {
+    return this.run(OP_READ, offset, into.length, false, () => {
       const { tables, files } = this.backend;
       let holes: number[] | null = null;
       let at = 0;
@@ -141,7 +144,7 @@ class MappedExport implements ExportHandle {
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
-    return this.run(OP_WRITE, offset, data.length, () => {
+    return this.run(OP_WRITE, offset, data.length, fua, () => {
       const { tables, files } = this.backend;
       let at = 0;
       for (let i = 0, n = tables.extentCount; i < n; i += 1) {
@@ -174,7 +177,7 @@ class MappedExport implements ExportHandle {
     if (length <= 0) return;
     const op = allocate ? OP_WRITE : OP_WRITE_ZEROES;
     return this.inPieces(offset, length, (pieceOffset, pieceLength) =>
-      this.run(op, pieceOffset, pieceLength, () => {
+      this.run(op, pieceOffset, pieceLength, fua, () => {
         const { tables, files } = this.backend;
         for (let i = 0, n = tables.extentCount; i < n; i += 1) {
           if (tables.extentKind(i) === EXTENT_KIND_ZERO) continue;
@@ -208,12 +211,15 @@ class MappedExport implements ExportHandle {
     return this.backend.sendFault({ disk: this.disk, op: "trim", offset, length, gone: false, first, last, state: 0 });
   }
 
-  flush(): void {
+  /** The controller commits the mapping changes this disk's writes relied on (allocations and
+   *  copy-on-write are not made durable one by one), then the containers are synced. */
+  async flush(): Promise<void> {
+    await this.backend.sendCommit(this.disk);
     this.backend.files.syncAll();
   }
 
   blockStatus(offset: number, length: number): BlockExtent[] | Promise<BlockExtent[]> {
-    return this.run(OP_BLOCK_STATUS, offset, length, () => {
+    return this.run(OP_BLOCK_STATUS, offset, length, false, () => {
       const { tables } = this.backend;
       const extents: BlockExtent[] = [];
       for (let i = 0, n = tables.extentCount; i < n; i += 1) {
@@ -248,10 +254,11 @@ class MappedExport implements ExportHandle {
     }
   }
 
-  /** Resolves and performs one request, synchronously unless it faults. */
-  private run<T>(op: Op, offset: number, length: number, perform: () => T): T | Promise<T> {
+  /** Resolves and performs one request, synchronously unless it faults; a `durable` (FUA) request
+   *  has the controller commit what its faults change before it goes on. */
+  private run<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T): T | Promise<T> {
     const result = this.attempt(op, offset, length, perform);
-    return result === STOPPED ? this.retry(op, offset, length, perform) : result;
+    return result === STOPPED ? this.retry(op, offset, length, durable, perform) : result;
   }
 
   private attempt<T>(op: Op, offset: number, length: number, perform: () => T): T | typeof STOPPED {
@@ -285,14 +292,14 @@ class MappedExport implements ExportHandle {
     }
   }
 
-  private async retry<T>(op: Op, offset: number, length: number, perform: () => T): Promise<T> {
+  private async retry<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T): Promise<T> {
     for (let attempt = 0; attempt < FAULT_RETRIES_MAX; ) {
       if (this.stop.quiesced) {
         // Held until activate; this is not a fault and does not count as a retry.
         await this.backend.gateOpened();
       } else {
         const { quiesced: _, ...stop } = this.stop;
-        await this.backend.sendFault({ disk: this.disk, op: faultOpOf(op), offset, length, ...stop });
+        await this.backend.sendFault({ disk: this.disk, op: faultOpOf(op), offset, length, ...(durable ? { durable } : {}), ...stop });
         attempt += 1;
       }
       const result = this.attempt(op, offset, length, perform);

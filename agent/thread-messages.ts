@@ -58,7 +58,11 @@ export type FromWorker =
       state: number;
       offset: number;
       length: number;
+      /** A FUA write: the controller makes the changes durable before it answers. */
+      durable?: boolean;
     }
+  /** A FLUSH of `disk`: the mapping changes its writes relied on must be committed first. */
+  | { type: "commit"; request: number; disk: number }
   /** The table was replaced or deleted under a lookup: answer once the worker has the new exports. */
   | { type: "sync"; request: number }
   | { type: "stopped" };

@@ -35,12 +35,20 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
   const gates = QuiesceGates.attach(message.gates);
   const lease = Lease.attach(message.lease, message.clock);
   const files = new ContainerFiles((container, message) => post({ type: "storage-error", container, message }));
-  backend = new MappedBackend(tables, inflight, gates, lease, files, (fault) => {
-    const request = nextRequest++;
-    if (fault.gone) return ask({ type: "sync", request });
-    const { gone: _, ...rest } = fault;
-    return ask({ type: "fault", request, ...rest });
-  });
+  backend = new MappedBackend(
+    tables,
+    inflight,
+    gates,
+    lease,
+    files,
+    (fault) => {
+      const request = nextRequest++;
+      if (fault.gone) return ask({ type: "sync", request });
+      const { gone: _, ...rest } = fault;
+      return ask({ type: "fault", request, ...rest });
+    },
+    (disk) => ask({ type: "commit", request: nextRequest++, disk }),
+  );
   let tcpPort: number | undefined;
   for (const listen of message.listen) {
     const server = await startNbdServer({ backend, listen, log: (line) => console.error(`nbd: ${line}`) });

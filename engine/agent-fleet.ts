@@ -23,6 +23,8 @@ export function presentedTo(disk: Disk, agentId: string): boolean {
 
 export class AgentFleet {
   private readonly links = new Map<string, AgentLink>();
+  /** The links made for agents known from before a restart. */
+  private readonly fromBefore: AgentLink[] = [];
 
   constructor(
     private readonly ctx: FleetContext,
@@ -49,8 +51,20 @@ export class AgentFleet {
       const agent = this.newLink(id, "", null, leaseMs);
       for (const disk of this.ctx.catalog.disks.values()) if (presentedTo(disk, id)) agent.disks.add(disk.id);
       this.links.set(id, agent);
+      this.fromBefore.push(agent);
       agent.watchLease();
     }
+  }
+
+  /** Resolves once every agent known from before a restart has registered again or been fenced:
+   *  none of them can still use an entry this controller does not know about. */
+  async knownAgentsSettled(): Promise<void> {
+    await Promise.all(this.fromBefore.map((agent) => agent.gone));
+  }
+
+  /** Whether `agent` is the only agent holding the table of `disk`. */
+  onlyHolder(disk: Disk, agent: object): boolean {
+    return this.agentsOf(disk.id, agent as AgentLink).length === 0;
   }
 
   /**

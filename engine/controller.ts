@@ -22,6 +22,7 @@ import {
   CONTAINERS_MAX,
   DIFF_RANGES_MAX,
   DISKS_MAX,
+  BACKGROUND_COMMIT_MS,
   LEASE_MS_DEFAULT,
   LUN_FAILURE_LENGTH_MAX,
   LEASE_MS_MIN,
@@ -34,6 +35,7 @@ import {
   type ResultOf,
 } from "./wire/messages.ts";
 import { Peer, RequestError } from "./wire/peer.ts";
+import { assert } from "./util/assert.ts";
 import type { AgentLink, AgentPeer } from "./agent-link.ts";
 import { AgentFleet, presentedTo } from "./agent-fleet.ts";
 import { listen, removeStaleSocket, type Listener } from "./wire/transport.ts";
@@ -88,6 +90,11 @@ export class Controller {
     catalog: this.catalog,
     pool: this.pool,
     persist: (records) => this.persistRecords(records),
+    record: (records) => this.recordLater(records),
+    commit: () => this.log.commit(),
+    run: newRunId(),
+    onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
+    allocationReady: () => this.agents.knownAgentsSettled(),
     release: (freed) => this.releaseSegments(freed),
     pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
     pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
@@ -102,6 +109,8 @@ export class Controller {
   private controlSecret = "";
   private readonly health = new ContainerHealth();
   private healthTimer: Timer | undefined;
+  /** Commits records left uncommitted by faults, so a host that never flushes loses little. */
+  private commitTimer: Timer | undefined;
   private checkingHealth = false;
   private connections = 0;
   private compactedBytes = 0;
@@ -132,6 +141,7 @@ export class Controller {
 
   async stop(): Promise<void> {
     clearInterval(this.healthTimer);
+    clearTimeout(this.commitTimer);
     this.listener?.stop(true);
     this.agents.endAll();
     await this.compacting;
@@ -209,6 +219,11 @@ export class Controller {
       if (op === "fault") {
         if (!agent) throw new RequestError("EPROTO", "only agents send faults");
         return this.fault(agent, args as ArgsOf<ControllerRequests, "fault">);
+      }
+      if (op === "commit") {
+        if (!agent) throw new RequestError("EPROTO", "only agents commit");
+        await this.faults.commit((args as ArgsOf<ControllerRequests, "commit">).run);
+        return {};
       }
       if (op === "storage_error") {
         if (!agent) throw new RequestError("EPROTO", "only agents report storage errors");
@@ -579,11 +594,26 @@ export class Controller {
 
   private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
     if (records.length === 0) return [];
+    const freed = this.appendAndApply(records);
+    await this.log.commit();
+    this.maybeCompact();
+    return freed;
+  }
+
+  private recordLater(records: LogRecord[]): void {
+    const freed = this.appendAndApply(records);
+    assert(freed.length === 0, "uncommitted records must not free segments");
+    this.commitTimer ??= setTimeout(() => {
+      this.commitTimer = undefined;
+      this.log.commit().catch((error: Error) => this.say(`background commit failed: ${error.message}`));
+    }, BACKGROUND_COMMIT_MS);
+    this.maybeCompact();
+  }
+
+  private appendAndApply(records: LogRecord[]): Freed[] {
     const freed: Freed[] = [];
     for (const record of records) this.log.append(record);
     for (const record of records) freed.push(...this.catalog.apply(record));
-    await this.log.commit();
-    this.maybeCompact();
     return freed;
   }
 
@@ -600,6 +630,12 @@ function segmentsOn(disk: Disk, lun: number): number[] {
 }
 
 
+
+/** A name for this controller run, so agents can tell a commit of it from one of a later run. */
+function newRunId(): number {
+  const [high, low] = crypto.getRandomValues(new Uint32Array(2));
+  return (high! & 0x1fffff) * 2 ** 32 + low!;
+}
 
 /** Creates a sparse container file of `size` bytes; returns false when the path already existed. */
 function createContainerFile(path: string, size: number): boolean {

@@ -6,6 +6,7 @@
 import type { Catalog, Disk, Freed, LogRecord } from "./catalog.ts";
 import type { Allocation, Pool } from "./pool.ts";
 import type { ArgsOf, ControllerRequests, ResultOf } from "./wire/messages.ts";
+import { RequestError } from "./wire/peer.ts";
 import { ENTRY_NO_WRITE, ZERO_WORD, entryContainer, entryOffsetBytes, entryState, hasLocation, mappedWord, withState } from "../wasm/entry.ts";
 
 export type FaultArgs = ArgsOf<ControllerRequests, "fault">;
@@ -18,6 +19,19 @@ export interface TableContext {
   /** Appends, applies and commits records; returns the segments they left unreferenced, which
    *  are free for others once `release`d (after no agent can still be using them). */
   persist(records: LogRecord[]): Promise<Freed[]>;
+  /** Appends and applies records that free nothing, durable at the next commit (a FLUSH that
+   *  needs them, or any persist): they are lost if this controller run ends first. */
+  record(records: LogRecord[]): void;
+  /** Makes every record appended so far durable. */
+  commit(): Promise<void>;
+  /** This controller run, named in answers whose changes are not durable yet. */
+  readonly run: number;
+  /** Whether `agent` is the only agent that holds the table of `disk`. */
+  onlyHolder(disk: Disk, agent: object): boolean;
+  /** Resolves once no agent can still use mappings this controller lost in a restart (changes
+   *  that were never committed): every agent known from before has registered again, dropping
+   *  its entries, or its lease has run out. Blocks are only handed out after that. */
+  allocationReady(): Promise<void>;
   release(freed: Freed[]): void;
   /** Sends the current entries `segments` of `disk` to its agents (but `except`) and waits until
    *  they applied them (with `blocking`, until their I/O in progress has drained too). */
@@ -37,17 +51,32 @@ export class FaultResolver {
 
   /** Resolves one fault from `agent`; the caller holds the family lock of `disk`. */
   async resolve(disk: Disk, fault: FaultArgs, agent: object): Promise<FaultAnswer> {
+    let uncommitted = false;
     if (fault.op === "trim") {
       await this.unmap(disk, fault.first, fault.last);
     } else if (fault.op === "write" || fault.op === "zero") {
-      const written = await this.makeWritable(disk, fault, agent);
-      if (!written) return { action: "error", errno: "ENOSPC" };
+      const outcome = await this.makeWritable(disk, fault, agent);
+      if (outcome === "pool full") return { action: "error", errno: "ENOSPC" };
+      uncommitted = outcome === "uncommitted";
     }
-    return { action: "retry", first: fault.first, runs: this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1) };
+    const runs = this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1);
+    return uncommitted ? { action: "retry", first: fault.first, runs, run: this.ctx.run } : { action: "retry", first: fault.first, runs };
   }
 
-  /** Gives every segment of the fault a writable location; false when the pool is full. */
-  private async makeWritable(disk: Disk, fault: FaultArgs, agent: object): Promise<boolean> {
+  /** An agent's FLUSH: the changes its faults were answered with in controller run `run` are made
+   *  durable; if that run has ended, they were lost with it. */
+  async commit(run: number): Promise<void> {
+    if (run !== this.ctx.run) throw new RequestError("ESTALE", `mapping changes of controller run ${run} were lost when it ended (this is run ${this.ctx.run})`);
+    await this.ctx.commit();
+  }
+
+  /**
+   * Gives every segment of the fault a writable location. The faulting disk's new mappings stay
+   * uncommitted (no log fsync per fault; the agent's FLUSH commits them) unless the fault is a FUA
+   * write or another agent holds the disk's table too (its FLUSH would not know). What a reverse
+   * delta moves to the copy (the other disks: a snapshot must never lose data) is always committed.
+   */
+  private async makeWritable(disk: Disk, fault: FaultArgs, agent: object): Promise<"pool full" | "durable" | "uncommitted"> {
     const { catalog } = this.ctx;
     const zero: number[] = [];
     const exclusive: number[] = [];
@@ -57,8 +86,9 @@ export class FaultResolver {
       if (word === ZERO_WORD && fault.op === "write") zero.push(segment);
       else if (hasLocation(word) && entryState(word) & ENTRY_NO_WRITE) (catalog.references(word) > 1 ? shared : exclusive).push(segment);
     }
+    if (zero.length + shared.length > 0) await this.ctx.allocationReady();
     const fresh = this.allocate(disk, zero.length + shared.length);
-    if (!fresh) return false;
+    if (!fresh) return "pool full";
     const records: LogRecord[] = [];
     // Nobody else uses these any more (their sharers were deleted): Nw just goes.
     for (const segment of exclusive) records.push(this.entryRecord(disk, segment, withoutNoWrite(disk.table.get(segment))));
@@ -71,8 +101,9 @@ export class FaultResolver {
       const written = new Set<number>();
       for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, records, written);
       this.copyOldContents(disk, copies, written);
-      // New contents (zeros, copies) must be on disk before the mapping that exposes them is; a
-      // never-used block of a sparse container needs neither writing nor a sync.
+      // New contents (zeros, copies) are durable before any mapping exposes them, even an
+      // uncommitted one: its record may reach the disk with any later commit. A never-used block
+      // of a sparse container needs neither writing nor a sync.
       for (const lun of written) this.ctx.pool.sync(lun);
     } catch (error) {
       // An error (a failing container, R14): no table points at the new segments yet, so they go back.
@@ -82,10 +113,12 @@ export class FaultResolver {
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-copy`);
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
-    await this.ctx.persist(records);
+    const lazy = !fault.durable && this.ctx.onlyHolder(disk, agent);
+    if (lazy) this.ctx.record(records);
+    else await this.ctx.persist(records);
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
     await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
-    return true;
+    return lazy && records.length > 0 ? "uncommitted" : "durable";
   }
 
   /** `count` fresh segments for `disk`, or null (and nothing taken) when the pool is full. */

@@ -89,8 +89,10 @@ describe("crash during copy-on-write (processes 400 and 500)", () => {
     test(`${mode}: killed at ${failpoint}: the snapshot keeps its image, acknowledged data survives, nothing leaks`, async () => {
       const { system, client } = await prepared(failpoint, mode);
       expect((await system.ctl(["snapshot", "create", "d", "s"])).code).toBe(0);
-      // Acknowledged before the crash: a write to a segment not shared (segment 6 is new).
+      // Acknowledged and flushed before the crash: a write to a segment not shared (segment 6 is
+      // new; its mapping is committed by the FLUSH, not by the fault).
       expect(await client.write(6 * SEGMENT, filled(0x0c, 4 * KIB))).toBe(0);
+      expect(await client.flush()).toBe(0);
       // This write to a shared segment faults, copy-on-write starts, and the controller dies.
       expect(await client.write(SEGMENT + 8 * KIB, filled(0x0d, 4 * KIB)).catch(() => -1)).not.toBe(0);
       client.close().catch(() => undefined);

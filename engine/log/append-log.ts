@@ -166,6 +166,11 @@ export class AppendLog {
     return this.fileRecords + this.queuedRecords;
   }
 
+  /** Records appended but not durable yet. */
+  get uncommittedRecords(): number {
+    return this.appendCount - this.durableCount;
+  }
+
   get stats(): Readonly<LogStats> {
     return { ...this.counters };
   }

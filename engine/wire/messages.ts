@@ -33,6 +33,10 @@ export type Runs = Infer<typeof runs>;
 export const SETTABLE_STATES = ["invalid", "nw", "zero", "error"] as const;
 export type SettableState = (typeof SETTABLE_STATES)[number];
 
+/** Mapping changes left uncommitted by faults are committed about this long after they were made
+ *  (by the controller, and by the agent that relies on them), for hosts that flush rarely. */
+export const BACKGROUND_COMMIT_MS = 1_000;
+
 export const ERRNO_NAMES = ["EIO", "ENOSPC", "EPERM", "EINVAL"] as const;
 export type Errno = (typeof ERRNO_NAMES)[number];
 
@@ -155,14 +159,22 @@ export const controllerRequests = {
       state: uint(15),
       offset: uint(),
       length: uint(2 ** 32),
+      /** The I/O is a FUA write: the mapping changes it needs are made durable before the answer. */
+      durable: optional(bool),
     }),
     result: object({
       action: oneOf("retry", "error"),
       first: optional(segment),
       runs: optional(runs),
       errno: optional(oneOf(...ERRNO_NAMES)),
+      /** Set when the answer's mapping changes are not durable yet: they become durable at the next
+       *  commit of this controller run, and are lost if the run ends first. */
+      run: optional(uint()),
     }),
   },
+  /** An agent's FLUSH needs the mapping changes its faults were answered with (in controller run
+   *  `run`) to be durable; fails with ESTALE when that run has ended (those changes are lost). */
+  commit: { args: object({ run: uint() }), result: object({}) },
 } satisfies Record<string, { args: Schema<unknown>; result: Schema<unknown> }>;
 
 /** Commands the controller sends to agents (R6). */

@@ -65,6 +65,8 @@ export interface DataPathContext {
   leaseValid(): boolean;
   /** Resolves when the controller has answered (the request is then retried); throws a HostError. */
   fault(request: FaultRequest): Promise<void>;
+  /** Resolves when the mapping changes writes to `disk` relied on are committed; throws a HostError. */
+  commit(disk: number): Promise<void>;
   /** Resolves at the next activate. */
   gateOpened(): Promise<void>;
   reportStorageError(container: number, message: string): void;
@@ -124,9 +126,11 @@ export class DataPath {
     if (whole) await this.unmap(table, whole.first, whole.last, offset, length);
   }
 
-  /** FLUSH (on an open export, as every request): every container this agent knows is synced. */
+  /** FLUSH (on an open export, as every request): the controller commits the mappings the disk's
+   *  writes relied on, then every container this agent knows is synced. */
   async flush(name: string, containers: Iterable<number>): Promise<void> {
-    this.table(name);
+    const table = this.table(name);
+    await this.ctx.commit(table.disk);
     await this.ctx.scheduler.sleep(this.ctx.random.between(0.05, 1), this.ctx.life);
     for (const container of containers) {
       this.storageIo({ zero: false, container, offset: 0, length: 0 }, () => this.ctx.storage.sync(container));

@@ -6,8 +6,10 @@
 import { FAULT_WAIT_MS } from "../../agent/agent.ts";
 import { QuiesceGates } from "../../agent/gates.ts";
 import { setStates, writeRuns } from "../../agent/table-edits.ts";
+import { UncommittedChanges } from "../../agent/uncommitted.ts";
 import {
   agentRequests,
+  BACKGROUND_COMMIT_MS,
   controllerRequests,
   LUN_FAILURE_LENGTH_MAX,
   PROTOCOL_VERSION,
@@ -45,6 +47,8 @@ export interface AgentEnv {
   /** The "ack-unwritten" canary. */
   dropWrites: boolean;
   reproduce: KnownBug[];
+  /** The agent has registered with the controller (dropping every entry it held). */
+  registered(): void;
 }
 
 interface Table extends ExportedTable {
@@ -137,6 +141,8 @@ class AgentProcess implements DataPathContext {
   private connectedWaiters: (() => void)[] = [];
   private gateWaiters: (() => void)[] = [];
   private readonly storageErrorsReporting = new Set<number>();
+  private readonly uncommitted = new UncommittedChanges();
+  private readonly commitsPlanned = new Set<number>();
 
   constructor(
     private readonly host: string,
@@ -191,18 +197,58 @@ class AgentProcess implements DataPathContext {
 
   /** Sends a fault and applies its answer (modelled on Agent.forwardFault). */
   async fault(request: FaultRequest): Promise<void> {
+    const answer = await this.withController((controller) =>
+      controller.request("fault", request, (arrived) => {
+        if (arrived.action === "retry" && arrived.runs && arrived.first !== undefined) this.applyRuns(request.disk, arrived.first, arrived.runs);
+      }),
+    ).catch(hostErrorOf);
+    if (answer.action === "error") throw new HostError(answer.errno ?? "EIO", `the controller answered ${answer.errno ?? "EIO"}`);
+    if (answer.run !== undefined) {
+      this.uncommitted.note(request.disk, answer.run);
+      this.commitSoon(request.disk);
+    }
+  }
+
+  /** Has the controller commit what writes to `disk` relied on (modelled on Agent.commitFor). */
+  async commit(disk: number, flushing = true): Promise<void> {
+    const pending = this.uncommitted.pending(disk);
+    if (!pending) return;
+    if (!pending.lost) {
+      try {
+        await this.withController((controller) => controller.request("commit", { run: pending.run }));
+        this.uncommitted.committed(disk, pending);
+        return;
+      } catch (error) {
+        if (!(error instanceof RemoteError && error.code === "ESTALE")) hostErrorOf(error);
+        this.uncommitted.runEnded(disk, pending);
+      }
+    }
+    if (!flushing) return;
+    this.env.trace.count("flush failed: uncommitted mappings lost");
+    this.uncommitted.lossReported(disk, pending);
+    throw new HostError("EIO", "the controller restarted before it committed the mappings of earlier writes");
+  }
+
+  /** Modelled on Agent.commitSoon. */
+  private commitSoon(disk: number): void {
+    if (this.commitsPlanned.has(disk)) return;
+    this.commitsPlanned.add(disk);
+    this.scheduler.after(BACKGROUND_COMMIT_MS, this.life, () => {
+      this.commitsPlanned.delete(disk);
+      this.commit(disk, false).catch(() => undefined); // a failure is the next FLUSH's to report
+    });
+  }
+
+  /** Runs `call` on the controller connection, again after a lost connection (modelled on
+   *  Agent.withController); no controller in time is EIO for the host. */
+  private async withController<T>(call: (controller: ControllerPeer) => Promise<T>): Promise<T> {
     const deadline = this.scheduler.now + FAULT_WAIT_MS;
     for (;;) {
       const controller = await this.controllerBefore(deadline);
       if (!controller) throw new HostError("EIO", "the controller is unreachable");
       try {
-        const answer = await controller.request("fault", request, (arrived) => {
-          if (arrived.action === "retry" && arrived.runs && arrived.first !== undefined) this.applyRuns(request.disk, arrived.first, arrived.runs);
-        });
-        if (answer.action === "error") throw new HostError(answer.errno ?? "EIO", `the controller answered ${answer.errno ?? "EIO"}`);
-        return;
+        return await call(controller);
       } catch (error) {
-        if (error instanceof RemoteError) throw new HostError("EIO", `fault failed: ${error.message}`);
         if (!(error instanceof ConnectionClosedError)) throw error;
       }
     }
@@ -250,6 +296,7 @@ class AgentProcess implements DataPathContext {
         delay = RECONNECT_DELAY_MIN_MS;
         for (const waiter of this.connectedWaiters.splice(0)) waiter();
         this.env.trace.note(`agent ${this.host}: registered`);
+        this.env.registered();
         const error = await closed;
         this.controller = null;
         this.env.trace.note(`agent ${this.host}: lost the controller (${error.message})`);
@@ -397,4 +444,10 @@ class AgentProcess implements DataPathContext {
     writeRuns(this.tables, table, first, runs);
   }
 
+}
+
+/** A refusal from the controller fails the host's request with EIO. */
+function hostErrorOf(error: unknown): never {
+  if (error instanceof RemoteError) throw new HostError("EIO", `the controller refused: ${error.message}`);
+  throw error;
 }

@@ -14,8 +14,18 @@ import { FaultResolver, type FaultAnswer } from "../../engine/faults.ts";
 import { AppendLog } from "../../engine/log/append-log.ts";
 import { Pool, type ContainerIo } from "../../engine/pool.ts";
 import { createSnapshots, rollback, type SnapshotContext } from "../../engine/snapshots.ts";
+import { assert } from "../../engine/util/assert.ts";
 import { KeyedMutex } from "../../engine/util/mutex.ts";
-import { agentRequests, controllerRequests, LEASE_MS_DEFAULT, LUN_FAILURE_LENGTH_MAX, PROTOCOL_VERSION, type ArgsOf, type ControllerRequests } from "../../engine/wire/messages.ts";
+import {
+  agentRequests,
+  BACKGROUND_COMMIT_MS,
+  controllerRequests,
+  LEASE_MS_DEFAULT,
+  LUN_FAILURE_LENGTH_MAX,
+  PROTOCOL_VERSION,
+  type ArgsOf,
+  type ControllerRequests,
+} from "../../engine/wire/messages.ts";
 import { Peer, RequestError } from "../../engine/wire/peer.ts";
 import type { Stream } from "../../engine/wire/transport.ts";
 import { entryContainer } from "../../wasm/entry.ts";
@@ -46,6 +56,8 @@ export interface ControllerEnv {
   /** What the pool's container I/O becomes (the canary breaks it); identity by default. */
   containerIo(io: ContainerIo): ContainerIo;
   reproduce: KnownBug[];
+  /** A name for a new controller run, different from every earlier one. */
+  newRunId(): number;
 }
 
 export class SimController {
@@ -64,6 +76,7 @@ export class SimController {
   private readonly storage: HostStorage;
   private log!: AppendLog;
   private persisting = 0;
+  private commitPlanned = false;
   /** Operations in progress (faults, ctl requests, registrations, container failures). */
   private busy = 0;
   private checkingHealth = false;
@@ -76,6 +89,11 @@ export class SimController {
       catalog: this.catalog,
       pool: this.pool,
       persist: (records) => this.persistRecords(records),
+      record: (records) => this.recordLater(records),
+      commit: () => this.log.commit(),
+      run: env.newRunId(),
+      onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
+      allocationReady: () => this.agents.knownAgentsSettled(),
       release: (freed) => this.releaseSegments(freed),
       pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
       pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
@@ -141,7 +159,7 @@ export class SimController {
   /** No operation is in progress and no change is on its way to the log: the catalog, pool and
    *  allocator agree, and are what a recovery now would find. */
   get quiet(): boolean {
-    return this.busy === 0 && this.persisting === 0;
+    return this.busy === 0 && this.persisting === 0 && this.log.uncommittedRecords === 0;
   }
 
   private async operation<T>(work: () => Promise<T>): Promise<T> {
@@ -243,6 +261,10 @@ export class SimController {
         return {};
       }
       if (op === "fault") return this.fault(agent, args as ArgsOf<ControllerRequests, "fault">);
+      if (op === "commit") {
+        await this.faults.commit((args as ArgsOf<ControllerRequests, "commit">).run);
+        return {};
+      }
       if (op === "storage_error") {
         const { container, message } = args as ArgsOf<ControllerRequests, "storage_error">;
         await this.failContainer(container, `agent ${agent.id}: ${message}`);
@@ -336,17 +358,33 @@ export class SimController {
 
   private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
     if (records.length === 0) return [];
-    // A crashed controller's code may still run on (a promise settled as it died): it changes nothing.
-    if (!this.life.isAlive) throw new Error("the controller crashed");
-    const freed: Freed[] = [];
+    const freed = this.appendAndApply(records);
     this.persisting += 1;
     try {
-      for (const record of records) this.log.append(record);
-      for (const record of records) freed.push(...this.catalog.apply(record));
       await this.log.commit();
     } finally {
       this.persisting -= 1;
     }
+    return freed;
+  }
+
+  /** As in the real controller, committed at the latest BACKGROUND_COMMIT_MS later. */
+  private recordLater(records: LogRecord[]): void {
+    assert(this.appendAndApply(records).length === 0, "uncommitted records must not free segments");
+    if (this.commitPlanned) return;
+    this.commitPlanned = true;
+    this.env.scheduler.after(BACKGROUND_COMMIT_MS, this.life, () => {
+      this.commitPlanned = false;
+      this.log.commit().catch(() => undefined); // a crashed controller's log fails its commits
+    });
+  }
+
+  private appendAndApply(records: LogRecord[]): Freed[] {
+    // A crashed controller's code may still run on (a promise settled as it died): it changes nothing.
+    if (!this.life.isAlive) throw new Error("the controller crashed");
+    const freed: Freed[] = [];
+    for (const record of records) this.log.append(record);
+    for (const record of records) freed.push(...this.catalog.apply(record));
     return freed;
   }
 

@@ -86,6 +86,8 @@ export interface PendingWrite {
 
 export class Model {
   readonly disks = new Map<string, ModelDisk>();
+  /** A controller crashed and not every agent has registered with its successor yet. */
+  private controllerLossPending = false;
   private ackOrder = 0;
 
   /** A new disk: all zeros. */
@@ -123,6 +125,7 @@ export class Model {
       write.ackOrder = ++this.ackOrder;
       block.current = new Set([write.tag]);
       if (block.zombieZero) block.widenTo([0]);
+      if (this.controllerLossPending) block.widenTo(block.afterCrash());
     }
   }
 
@@ -176,6 +179,33 @@ export class Model {
     }
   }
 
+  /**
+   * The controller crashed: the mapping changes it had not committed are lost. Agents keep using
+   * them until they register with the next controller, so until then any unflushed write, also
+   * one made after the crash, may still vanish: reads narrow nothing.
+   */
+  controllerCrashed(): void {
+    this.controllerLossPending = true;
+    this.unflushedMayBeLost();
+  }
+
+  /** Every running agent has registered with the new controller: the losses have happened. */
+  controllerLossesSettled(): void {
+    if (!this.controllerLossPending) return;
+    this.controllerLossPending = false;
+    this.unflushedMayBeLost();
+  }
+
+  private unflushedMayBeLost(): void {
+    for (const disk of this.disks.values()) {
+      for (const block of disk.blocks) {
+        if (block.recent.length === 0) continue;
+        block.widenTo(block.afterCrash());
+        for (const write of block.recent) write.host = CRASHED;
+      }
+    }
+  }
+
   beginRead(disk: ModelDisk, first: number, count: number): ReadWindow {
     const sets: Set<number>[] = [];
     const addedAt: number[] = [];
@@ -201,7 +231,7 @@ export class Model {
       }
       // Nothing could change it while the read ran: from now on it must read this. (Not while an
       // unmap may still land: the agents switch to it one by one.)
-      if (window.changesAt[i] === block.changes && !block.zombieZero) block.current = new Set([value]);
+      if (window.changesAt[i] === block.changes && !block.zombieZero && !this.controllerLossPending) block.current = new Set([value]);
     }
     return null;
   }

@@ -15,7 +15,7 @@ import type { SimNetwork } from "./network.ts";
 import type { Canary, KnownBug } from "./options.ts";
 import type { Random } from "./random.ts";
 import { Life, type Scheduler } from "./scheduler.ts";
-import { CONTROLLER_HOST, type SimStorage } from "./storage.ts";
+import type { SimStorage } from "./storage.ts";
 import type { Trace } from "./trace.ts";
 
 /** The agents' lease: short, so lapses and fencing happen within a run. */
@@ -48,6 +48,7 @@ export class World implements Chaos, ControlPlane {
   private ready: SimController | null = null;
   private readyWaiters: ((controller: SimController) => void)[] = [];
   private failingContainers = new Set<number>();
+  private controllerRuns = 0;
   private firstViolation: string | null = null;
 
   constructor(private readonly parts: WorldParts) {
@@ -93,7 +94,21 @@ export class World implements Chaos, ControlPlane {
 
   addAgent(host: string, tables: SharedTables): void {
     const { scheduler, random, trace, network, storage, canary } = this.parts;
-    const env = { scheduler, random, trace, network, storage, leaseMs: LEASE_MS, dropWrites: canary === "ack-unwritten", reproduce: this.parts.reproduce };
+    const env = {
+      scheduler,
+      random,
+      trace,
+      network,
+      storage,
+      leaseMs: LEASE_MS,
+      dropWrites: canary === "ack-unwritten",
+      reproduce: this.parts.reproduce,
+      registered: () => {
+        // Once every running agent has registered with the new controller, none can still use a
+        // mapping the crashed one had not committed.
+        if (this.controller && this.agents.every((agent) => !agent.isUp || agent.isRegistered)) this.parts.model.controllerLossesSettled();
+      },
+    };
     this.agents.push(new SimAgent(host, env, tables));
     this.agentHosts.push(host);
   }
@@ -121,6 +136,7 @@ export class World implements Chaos, ControlPlane {
       },
       containerIo: (io) => (canary === "skip-copy" ? skipCopy(io) : io),
       reproduce: this.parts.reproduce,
+      newRunId: () => ++this.controllerRuns,
     });
     this.controller = controller;
     this.checkRecovered(controller);
@@ -144,7 +160,9 @@ export class World implements Chaos, ControlPlane {
     this.controller = null;
     this.ready = null;
     controller.crash(kind);
-    if (kind === "host") this.parts.model.hostCrashed(CONTROLLER_HOST);
+    // Mapping changes not yet committed die with the controller, and with them the unflushed
+    // writes (of any host) that went through them.
+    this.parts.model.controllerCrashed();
   }
 
   startAgent(host: string): void {
