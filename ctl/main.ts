@@ -3,7 +3,6 @@
 import { Command, InvalidArgumentError } from "commander";
 import { ControllerClient } from "./client.ts";
 import { table } from "./format.ts";
-import { runAgent, runController, runUp } from "./serve.ts";
 import { DEFAULT_CONTROL_ADDRESS, DEFAULT_NBD_ADDRESS, parseAddress } from "../engine/util/address.ts";
 import { formatSize, parseSize } from "../engine/util/size.ts";
 import { RemoteError } from "../engine/wire/peer.ts";
@@ -13,6 +12,12 @@ import { clientSecret, SECRET_FILE } from "../engine/secret.ts";
 
 /** Where clients look for the secret last: the data directory of the README's quick start. */
 const DEFAULT_CLIENT_SECRET_FILE = `data/${SECRET_FILE}`;
+
+/** The servers (controller, agent, WebAssembly tables) load only for the commands that run them, so
+ *  that a client command such as `ctl snapshot create` starts fast. */
+function loadServe(): Promise<typeof import("./serve.ts")> {
+  return import("./serve.ts");
+}
 
 function sizeOption(text: string): number {
   try {
@@ -93,6 +98,7 @@ program
   .option("--workers <n>", "NBD worker threads", countOption)
   .option("--lease <ms>", "the agent's lease: without a renewal for this long it stops I/O", countOption)
   .action(async (options: { data: string; nbd: string; lunSize?: number; logCompactSlack?: number; workers?: number; lease?: number }) => {
+    const { runUp } = await loadServe();
     await runUp({ ...options, control: controlAddress(), secretFile: secretFileOption() });
   });
 
@@ -103,6 +109,7 @@ program
   .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
   .option("--log-compact-slack <size>", "compact the controller's log once it grows this much past its live state", sizeOption)
   .action(async (options: { data: string; lunSize?: number; logCompactSlack?: number }) => {
+    const { runController } = await loadServe();
     await runController({ ...options, control: controlAddress(), secretFile: secretFileOption() });
   });
 
@@ -116,6 +123,7 @@ const agent = program
   .action(async (options: { id?: string; nbd: string; workers?: number; lease?: number }) => {
     // Not a required option: `agent list` must not need it.
     if (!options.id) throw new InvalidArgumentError("running an agent needs --id <id>");
+    const { runAgent } = await loadServe();
     await runAgent({ ...options, id: options.id, control: controlAddress(), secret: clientSecretOption() });
   });
 
