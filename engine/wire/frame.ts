@@ -3,14 +3,18 @@
 //   +----------------+------------------------------+
 //   | length (u32 BE) | msgpack body (length bytes)   |
 //   +----------------+------------------------------+
-import { decode, encode } from "@msgpack/msgpack";
+import { Decoder, Encoder } from "@msgpack/msgpack";
 import { WireError } from "./schema.ts";
 
 export const FRAME_BYTES_MAX = 16 * 1024 * 1024;
 const HEADER_BYTES = 4;
+// Shared, so each message does not build a new encoder and decoder (their set-up costs more than
+// a small message); the encoder's scratch bytes are copied into the frame at once.
+const encoder = new Encoder();
+const decoder = new Decoder();
 
 export function encodeFrame(message: unknown): Uint8Array {
-  const body = encode(message);
+  const body = encoder.encodeSharedRef(message);
   if (body.length > FRAME_BYTES_MAX) throw new RangeError(`Message of ${body.length} bytes exceeds the ${FRAME_BYTES_MAX}-byte frame limit`);
   const frame = new Uint8Array(HEADER_BYTES + body.length);
   new DataView(frame.buffer).setUint32(0, body.length);
@@ -37,7 +41,7 @@ export class FrameDecoder {
       if (this.buffered < HEADER_BYTES + length) break;
       const frame = this.take(HEADER_BYTES + length);
       try {
-        messages.push(decode(frame.subarray(HEADER_BYTES)));
+        messages.push(decoder.decode(frame.subarray(HEADER_BYTES)));
       } catch (error) {
         throw new WireError(`undecodable frame: ${(error as Error).message}`);
       }
