@@ -1,22 +1,24 @@
 #!/usr/bin/env bun
 // End-to-end benchmark: the same fio jobs (fio's nbd engine) against our NBD server and reference
-// servers (nbdkit file, qemu-nbd raw, nbdkit null), each started here on the same kind of backing file
-// in the same temp directory, then a Markdown table of medians and ours/reference ratios.
+// servers (nbdkit file, qemu-nbd raw, nbdkit memory, nbdkit null), each started here on the same kind of
+// backing file in the same temp directory, over a unix socket and TCP loopback; then a Markdown table of
+// medians and ours/reference ratios, and the issue's targets (bench/fio-targets.ts).
 //
 //   bun bench/fio.ts [--quick | --smoke] [--runtime SEC] [--reps N] [--socket unix|tcp|both]
-//                    [--servers ours,nbdkit-file,...] [--keep] [--verbose]
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+//                    [--servers ours,nbdkit-file,...] [--results DIR] [--keep] [--verbose]
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { FILL_JOB, type FioJob, JOBS, type Timing, runFio } from "./fio-jobs.ts";
+import { fioTargets } from "./fio-targets.ts";
 import { isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, settle, UsageError } from "./harness.ts";
-import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
+import { formatMachineInfo, machineInfo } from "./machine-info.ts";
 import { reapAll } from "./processes.ts";
 import { type BenchConfig, type RunRecord, markdownReport, metricValue, resultsTable } from "./report.ts";
-import { REPO, type RunningServer, SERVER_IDS, SERVERS, type ServerId, TRANSPORTS, type Transport } from "./servers.ts";
+import { resultsDir, targetsTable, writeResultFiles } from "./result-files.ts";
+import { type RunningServer, SERVER_IDS, SERVERS, type ServerId, TRANSPORTS, type Transport } from "./servers.ts";
 
 const GIB = 2 ** 30;
 const MIB = 2 ** 20;
-const RESULTS_DIR = join(REPO, "bench/results");
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
 
@@ -31,20 +33,23 @@ interface ModeDefaults {
 const MODES: Record<BenchConfig["mode"], ModeDefaults> = {
   full: { runtimeSec: 5, rampSec: 1, reps: 3, diskBytes: GIB, servers: [...SERVER_IDS] },
   quick: { runtimeSec: 2, rampSec: 0.5, reps: 1, diskBytes: GIB, servers: [...SERVER_IDS] },
-  // Only checks that numbers come out: short runs, a small disk so the fill is quick, two servers.
-  smoke: { runtimeSec: 1, rampSec: 0, reps: 1, diskBytes: 256 * MIB, servers: ["ours", "nbdkit-file"] },
+  // Only checks that numbers come out: every server and job, but very short runs on a small disk.
+  smoke: { runtimeSec: 0.2, rampSec: 0, reps: 1, diskBytes: 64 * MIB, servers: [...SERVER_IDS] },
 };
 
 const USAGE = `usage: bun bench/fio.ts [--quick | --smoke] [--runtime SEC] [--reps N] [--socket unix|tcp|both]
-                       [--servers ${SERVER_IDS.join(",")}] [--keep] [--verbose]
-  --quick     ${MODES.quick.runtimeSec} s per job, ${MODES.quick.reps} repetition (default: ${MODES.full.runtimeSec} s, ${MODES.full.reps} repetitions)
-  --smoke     ${MODES.smoke.runtimeSec} s per job against ours and nbdkit-file only; exits 1 unless every number is there
-  --keep      keep the temp directory (backing files, server data) for inspection
-  --verbose   echo every server's output`;
+                       [--servers ${SERVER_IDS.join(",")}] [--results DIR] [--keep] [--verbose]
+  --quick        ${MODES.quick.runtimeSec} s per job, ${MODES.quick.reps} repetition (default: ${MODES.full.runtimeSec} s, ${MODES.full.reps} repetitions)
+  --smoke        ${MODES.smoke.runtimeSec} s per job; exits 1 unless every number is there
+  --socket       unix, tcp or both (default both)
+  --results DIR  where fio-latest.{json,md} (fio-smoke.* with --smoke) go (default bench/results)
+  --keep         keep the temp directory (backing files, server data) for inspection
+  --verbose      echo every server's output`;
 
 
 interface Options {
   config: BenchConfig;
+  resultsDir: string;
   keep: boolean;
   verbose: boolean;
 }
@@ -57,9 +62,9 @@ function positiveNumber(text: string | undefined, name: string, fallback: number
 }
 
 function parseTransports(text: string | undefined): Transport[] {
-  if (text === undefined || text === "unix") return ["unix"];
+  if (text === undefined || text === "both") return [...TRANSPORTS];
+  if (text === "unix") return ["unix"];
   if (text === "tcp") return ["tcp"];
-  if (text === "both") return [...TRANSPORTS];
   throw new UsageError(`--socket must be unix, tcp or both, not "${text}"`);
 }
 
@@ -71,7 +76,7 @@ function parseServers(text: string | undefined, fallback: ServerId[]): ServerId[
 }
 
 function parseOptions(argv: string[]): Options | null {
-  const args = parseBenchArgs(argv, ["runtime", "reps", "socket", "servers"]);
+  const args = parseBenchArgs(argv, ["runtime", "reps", "socket", "servers", "results"]);
   if (!args) return null;
   const { mode, values } = args;
   const defaults = MODES[mode];
@@ -84,7 +89,7 @@ function parseOptions(argv: string[]): Options | null {
     transports: parseTransports(values.socket),
     servers: parseServers(values.servers, defaults.servers),
   };
-  return { config, keep: args.keep, verbose: args.verbose };
+  return { config, resultsDir: resultsDir(values.results), keep: args.keep, verbose: args.verbose };
 }
 
 /** Everything one benchmark run collects. */
@@ -183,15 +188,6 @@ function smokeProblems(config: BenchConfig, collected: Collected): string[] {
   return problems;
 }
 
-function writeResults(config: BenchConfig, machine: MachineInfo, collected: Collected, markdown: string, startedAt: Date): string[] {
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const base = join(RESULTS_DIR, config.mode === "smoke" ? "fio-smoke" : "fio-latest");
-  const raw = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), machine, config, servers: collected.servers, fills: collected.fills, runs: collected.records };
-  writeFileSync(`${base}.json`, `${JSON.stringify(raw, null, 2)}\n`);
-  writeFileSync(`${base}.md`, markdown);
-  return [`${base}.json`, `${base}.md`];
-}
-
 async function main(argv: string[]): Promise<number> {
   const options = parseOptions(argv);
   if (!options) {
@@ -216,9 +212,12 @@ async function main(argv: string[]): Promise<number> {
     await reapAll();
     cleanUp();
   }
-  const markdown = markdownReport({ machine, config, records: collected.records, fills: collected.fills, startedAt });
+  const targets = fioTargets(config.transports, collected.records);
+  const report = markdownReport({ machine, config, records: collected.records, fills: collected.fills, startedAt });
+  const markdown = `${report}\n## Targets\n\n${targetsTable(targets)}\n`;
   for (const transport of config.transports) console.log(`\n${transport}:\n\n${resultsTable(transport, config.servers, collected.records, collected.fills)}`);
-  for (const path of writeResults(config, machine, collected, markdown, startedAt)) log(`bench: wrote ${path}`);
+  const details = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), machine, config, servers: collected.servers, fills: collected.fills, runs: collected.records };
+  for (const path of writeResultFiles(options.resultsDir, "fio", config.mode, { targets, details, markdown })) log(`bench: wrote ${path}`);
   const failures = [...collected.fills, ...collected.records].filter((record) => record.error).length;
   const problems = config.mode === "smoke" ? smokeProblems(config, collected) : [];
   for (const problem of problems) log(`smoke: ${problem}`);

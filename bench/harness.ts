@@ -38,9 +38,15 @@ export async function settle(dir: string): Promise<void> {
   if (result.code !== 0) throw new Error(`sync -f ${dir} failed: ${result.stderr.trim()}`);
 }
 
+let interrupted = false;
+
+/** Whether SIGINT or SIGTERM came (after onInterrupt): start nothing new, the children are being reaped. */
+export function isInterrupted(): boolean {
+  return interrupted;
+}
+
 /** Reaps every child and runs `cleanUp` (then exits 130) if the benchmark is interrupted. */
 export function onInterrupt(cleanUp: () => void): void {
-  let interrupted = false;
   const handler = (signal: NodeJS.Signals) => {
     if (interrupted) return;
     interrupted = true;

@@ -1,6 +1,7 @@
 // What the benchmark ran on: CPUs, kernel, memory, file system and tool versions.
 import { readFileSync } from "node:fs";
 import { availableParallelism, release, totalmem } from "node:os";
+import { dirname } from "node:path";
 import { runCommand } from "./processes.ts";
 
 const VERSION_TIMEOUT_MS = 10_000;
@@ -50,7 +51,8 @@ export async function machineInfo(dir: string): Promise<MachineInfo> {
     cpuModel: cpuModel(),
     kernel: release(),
     memoryGiB: Math.round((totalmem() / BYTES_PER_GIB) * 10) / 10,
-    fileSystem: `${fsType} (${dir})`,
+    // The directory's parent: the temp directory's own name is random and says nothing.
+    fileSystem: `${fsType} (${dirname(dir)})`,
     fio,
     nbdkit,
     qemuNbd,

@@ -1,5 +1,6 @@
 // Turning fio results into medians and a Markdown report.
 import { type FioJob, type FioResult, FILL_JOB, JOBS } from "./fio-jobs.ts";
+import type { BenchMode } from "./harness.ts";
 import { type MachineInfo, formatMachineInfo } from "./machine-info.ts";
 import { type ServerId, type Transport, SERVERS } from "./servers.ts";
 
@@ -18,7 +19,7 @@ export interface RunRecord {
 }
 
 export interface BenchConfig {
-  mode: "full" | "quick" | "smoke";
+  mode: BenchMode;
   runtimeSec: number;
   rampSec: number;
   reps: number;
@@ -55,8 +56,20 @@ export function summarize(job: FioJob, records: RunRecord[]): Summary | null {
 }
 
 function formatValue(job: FioJob, value: number): string {
-  if (job.metric === "iops") return value >= THOUSAND ? `${(value / THOUSAND).toFixed(1)}k` : value.toFixed(0);
+  if (!Number.isFinite(value)) return "—";
+  if (job.metric === "iops") return formatIops(value);
   return value >= WIDE_MIB_S ? value.toFixed(0) : value.toFixed(1);
+}
+
+/** IOPS as `153.9k`, or whole under a thousand. */
+export function formatIops(value: number): string {
+  if (!Number.isFinite(value)) return "—";
+  return value >= THOUSAND ? `${(value / THOUSAND).toFixed(1)}k` : value.toFixed(0);
+}
+
+/** A job's value with its unit, e.g. `153.9k IOPS`. */
+export function formatMetric(job: FioJob, value: number): string {
+  return `${formatValue(job, value)} ${metricName(job)}`;
 }
 
 function formatCell(job: FioJob, summary: Summary | null): string {

@@ -1,7 +1,8 @@
-// The NBD servers the benchmarks compare: ours (`ctl up`), `nbdkit file`, `qemu-nbd -f raw` and
-// `nbdkit null`. Each one is started in a fresh directory, serves one export named EXPORT_NAME on a unix
-// socket or a loopback TCP port, and is backed by a sparse file of the disk size that the benchmark fills
-// through NBD before measuring (so every backing file ends up fully written and hot in the page cache).
+// The NBD servers the benchmarks compare: ours (`ctl up`), `nbdkit file`, `qemu-nbd -f raw`,
+// `nbdkit memory` and `nbdkit null`. Each one is started in a fresh directory, serves one export named
+// EXPORT_NAME on a unix socket or a loopback TCP port, and (but for memory and null) is backed by a sparse
+// file of the disk size that the benchmark fills through NBD before measuring (so every backing file ends
+// up fully written and hot in the page cache).
 import { closeSync, openSync, truncateSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type Endpoint, LOOPBACK, ManagedProcess, freeTcpPort, runCommand, waitForEndpoint } from "./processes.ts";
@@ -19,8 +20,8 @@ const QEMU_IMG_TIMEOUT_MS = 30_000;
 export type Transport = "unix" | "tcp";
 export const TRANSPORTS: readonly Transport[] = ["unix", "tcp"];
 
-export type ServerId = "ours" | "nbdkit-file" | "qemu-nbd" | "nbdkit-null";
-export const SERVER_IDS: readonly ServerId[] = ["ours", "nbdkit-file", "qemu-nbd", "nbdkit-null"];
+export type ServerId = "ours" | "nbdkit-file" | "qemu-nbd" | "nbdkit-memory" | "nbdkit-null";
+export const SERVER_IDS: readonly ServerId[] = ["ours", "nbdkit-file", "qemu-nbd", "nbdkit-memory", "nbdkit-null"];
 
 export interface StartOptions {
   /** A fresh directory for this server's files and sockets. */
@@ -136,6 +137,16 @@ export async function startQemuNbdOverlay(options: StartOptions, baseImage: stri
   return startQemuNbd(options, "qcow2", overlay);
 }
 
+const nbdkitMemory: ServerSpec = {
+  id: "nbdkit-memory",
+  setup: "`nbdkit memory` (a sparse array in RAM, filled like the others): storage without a file system or page cache",
+  async start(options) {
+    const endpoint = await pickEndpoint(options, "nbdkit-memory");
+    const command = ["nbdkit", "--exit-with-parent", "-f", ...nbdkitListenArgs(endpoint), "memory", `size=${options.diskBytes}`];
+    return startListening("nbdkit-memory", command, endpoint, options);
+  },
+};
+
 const nbdkitNull: ServerSpec = {
   id: "nbdkit-null",
   setup: "`nbdkit null` (reads return zeros, writes are dropped): the limit of the NBD pipeline and fio",
@@ -229,5 +240,6 @@ export const SERVERS: Record<ServerId, ServerSpec> = {
   ours,
   "nbdkit-file": nbdkitFile,
   "qemu-nbd": qemuNbd,
+  "nbdkit-memory": nbdkitMemory,
   "nbdkit-null": nbdkitNull,
 };
