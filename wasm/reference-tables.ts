@@ -1,5 +1,5 @@
 // A plain TypeScript implementation of TableStore: the reference model for the WebAssembly tables
-// (tests compare the two) and the baseline of bench/lookup.bench.ts. Single-threaded.
+// (tests compare the two) and the baseline of the lookup microbenchmark (bench/micro-lookup.ts). Single-threaded.
 //
 // A table is a Map from leaf number (index / 512) to either a Float64Array of 512 entry words or
 // the Z word (the whole leaf is Z); a missing leaf is all Invalid. Uniform leaves play the role of
