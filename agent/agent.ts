@@ -273,21 +273,11 @@ export class Agent {
   /** Has the controller commit the mapping changes writes to `disk` relied on. For a FLUSH
    *  (`flushing`) lost changes are an error, reported once; in the background they are noted. */
   private async commitFor(disk: number, flushing: boolean): Promise<HostErrno | undefined> {
-    const pending = this.uncommitted.pending(disk);
-    if (!pending) return undefined;
-    if (!pending.lost) {
-      try {
-        if (!(await this.withController((controller) => controller.request("commit", { run: pending.run })))) return "EIO";
-        this.uncommitted.committed(disk, pending);
-        return undefined;
-      } catch (error) {
-        if (!(error instanceof RemoteError && error.code === "ESTALE")) throw error;
-        this.uncommitted.runEnded(disk, pending);
-      }
+    const outcome = await this.uncommitted.commitDisk(disk, flushing, async (run) => (await this.withController((controller) => controller.request("commit", { run }))) !== null);
+    if (outcome === "done") return undefined;
+    if (outcome === "lost") {
+      this.say(`agent ${this.options.id}: FLUSH of disk ${disk} fails: the controller restarted before it committed the mappings of writes acknowledged earlier, so those writes are lost`);
     }
-    if (!flushing) return undefined;
-    this.say(`agent ${this.options.id}: FLUSH of disk ${disk} fails: the controller restarted before it committed the mappings of writes acknowledged earlier, so those writes are lost`);
-    this.uncommitted.lossReported(disk, pending);
     return "EIO";
   }
 

@@ -3,6 +3,7 @@
 // durable once the changes are: a FLUSH of such a disk first has the controller commit them. If
 // the controller run that answered has ended, its uncommitted changes are gone, and so are the
 // writes that relied on them: that FLUSH must fail.
+import { RemoteError } from "../engine/wire/peer.ts";
 
 export interface PendingCommit {
   /** The controller run whose commit is needed. */
@@ -53,6 +54,29 @@ export class UncommittedChanges {
     if (!pending) return;
     if (pending.answers === seen.answers) this.byDisk.delete(disk);
     else pending.lost = false;
+  }
+
+  /**
+   * Has what `disk` needs committed through `commit(run)` (false when the controller is out of
+   * reach; a RemoteError ESTALE when that run has ended). "lost" only for a FLUSH (`flushing`),
+   * which reports the loss once; in the background a loss is only remembered for the next FLUSH.
+   */
+  async commitDisk(disk: number, flushing: boolean, commit: (run: number) => Promise<boolean>): Promise<"done" | "unreachable" | "lost"> {
+    const pending = this.pending(disk);
+    if (!pending) return "done";
+    if (!pending.lost) {
+      try {
+        if (!(await commit(pending.run))) return "unreachable";
+        this.committed(disk, pending);
+        return "done";
+      } catch (error) {
+        if (!(error instanceof RemoteError && error.code === "ESTALE")) throw error;
+        this.runEnded(disk, pending);
+      }
+    }
+    if (!flushing) return "done";
+    this.lossReported(disk, pending);
+    return "lost";
   }
 
   /** The disk's table is gone: nothing of it is flushed any more. */

@@ -6,21 +6,17 @@
 //
 //   bun bench/fio.ts [--quick | --smoke] [--runtime SEC] [--reps N] [--socket unix|tcp|both]
 //                    [--servers ours,nbdkit-file,...] [--results DIR] [--keep] [--verbose]
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { FILL_JOB, type FioJob, JOBS, type Timing, runFio } from "./fio-jobs.ts";
 import { fioTargets } from "./fio-targets.ts";
-import { isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, settle, UsageError } from "./harness.ts";
-import { formatMachineInfo, machineInfo } from "./machine-info.ts";
-import { reapAll } from "./processes.ts";
+import { inTempDir, log, parseBenchArgs, runScript, settle, UsageError } from "./harness.ts";
 import { type BenchConfig, type RunRecord, markdownReport, metricValue, resultsTable } from "./report.ts";
-import { resultsDir, targetsTable, writeResultFiles } from "./result-files.ts";
+import { finishPart, resultsDir, targetsTable } from "./result-files.ts";
 import { type RunningServer, SERVER_IDS, SERVERS, type ServerId, TRANSPORTS, type Transport } from "./servers.ts";
 
 const GIB = 2 ** 30;
 const MIB = 2 ** 20;
-const EXIT_FAILED = 1;
-const EXIT_USAGE = 2;
 
 interface ModeDefaults {
   runtimeSec: number;
@@ -195,40 +191,19 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { config } = options;
-  const dir = makeTempDir("tabledisk-fio-");
-  const cleanUp = () => (options.keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
-  onInterrupt(cleanUp);
-  const startedAt = new Date();
   const collected = new Collected();
-  const machine = await machineInfo(dir).catch((error: unknown) => {
-    cleanUp();
-    throw error;
-  });
-  console.log(formatMachineInfo(machine).join("\n"));
-  try {
+  const { machine, startedAt } = await inTempDir("tabledisk-fio-", options.keep, async (dir) => {
     log(`bench: ${config.mode}, ${config.runtimeSec} s per job, ${config.reps} repetition(s), servers ${config.servers.join(", ")}, in ${dir}`);
     for (const transport of config.transports) await benchTransport(options, transport, dir, collected);
-  } finally {
-    await reapAll();
-    cleanUp();
-  }
+  });
   const targets = fioTargets(config.transports, collected.records);
   const report = markdownReport({ machine, config, records: collected.records, fills: collected.fills, startedAt });
   const markdown = `${report}\n## Targets\n\n${targetsTable(targets)}\n`;
   for (const transport of config.transports) console.log(`\n${transport}:\n\n${resultsTable(transport, config.servers, collected.records, collected.fills)}`);
   const details = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), machine, config, servers: collected.servers, fills: collected.fills, runs: collected.records };
-  for (const path of writeResultFiles(options.resultsDir, "fio", config.mode, { targets, details, markdown })) log(`bench: wrote ${path}`);
   const failures = [...collected.fills, ...collected.records].filter((record) => record.error).length;
-  const problems = config.mode === "smoke" ? smokeProblems(config, collected) : [];
-  for (const problem of problems) log(`smoke: ${problem}`);
-  if (failures > 0) log(`bench: ${failures} run(s) failed; see the Failures section of the report`);
-  return failures > 0 || problems.length > 0 ? EXIT_FAILED : 0;
+  const missing = config.mode === "smoke" ? smokeProblems(config, collected) : [];
+  return finishPart(options.resultsDir, "fio", config.mode, { targets, details, markdown }, { missing, failures });
 }
 
-try {
-  process.exitCode = await main(process.argv.slice(2));
-} catch (error) {
-  const usage = isUsageError(error);
-  log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
-  process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
-}
+await runScript(USAGE, () => main(process.argv.slice(2)));

@@ -18,12 +18,11 @@ import {
   firstWriteTable,
   firstWriteTargets,
 } from "./first-write-report.ts";
-import { type BenchMode, isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, settle } from "./harness.ts";
+import { type BenchMode, inTempDir, log, parseBenchArgs, runScript, settle } from "./harness.ts";
 import { writeReplayLog } from "./iolog.ts";
-import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
+import { type MachineInfo, formatMachineInfo } from "./machine-info.ts";
 import { OursSession, timed } from "./ours-session.ts";
-import { reapAll } from "./processes.ts";
-import { resultsDir, targetsTable, writeResultFiles } from "./result-files.ts";
+import { finishPart, resultsDir, targetsTable } from "./result-files.ts";
 import { QEMU_OVERLAY_CLUSTER_BYTES, SERVERS, type StartOptions, qemuNbdImage, startQemuNbdOverlay } from "./servers.ts";
 import type { TargetResult } from "./targets.ts";
 import { GIB, MIB, TIB, formatBytes, formatCount } from "./units.ts";
@@ -33,8 +32,6 @@ const LUN_BYTES = 4 * TIB;
 /** Throughput the allocated disk's replay log is sized for (so it outlasts the run). */
 const ALLOCATED_MAX_IOPS = 200_000;
 const JOB_ID = "first-write";
-const EXIT_FAILED = 1;
-const EXIT_USAGE = 2;
 
 interface Plan {
   mode: BenchMode;
@@ -256,36 +253,13 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const plan = PLANS[args.mode];
-  const dir = makeTempDir("tabledisk-first-write-");
-  const cleanUp = () => (args.keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
-  onInterrupt(cleanUp);
-  const startedAt = new Date();
-  let machine: MachineInfo;
-  let outcome: Awaited<ReturnType<typeof run>>;
-  try {
-    machine = await machineInfo(dir);
-    console.log(formatMachineInfo(machine).join("\n"));
-    outcome = await run(plan, dir, args.verbose);
-  } finally {
-    await reapAll();
-    cleanUp();
-  }
-  const { runs, session } = outcome;
+  const { result, machine, startedAt } = await inTempDir("tabledisk-first-write-", args.keep, (dir) => run(plan, dir, args.verbose));
+  const { runs, session } = result;
   const targets = firstWriteTargets(runs);
   const markdown = markdownReport(plan, machine, runs, targets, session.errors, startedAt);
   console.log(`\n${firstWriteTable(runs).join("\n")}\n\n${targetsTable(targets)}`);
   const details = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), machine, plan, runs, fills: session.fills, errors: session.errors };
-  for (const path of writeResultFiles(resultsDir(args.values.results), "first-write", plan.mode, { targets, details, markdown })) log(`bench: wrote ${path}`);
-  const missing = missingCases(runs);
-  for (const id of missing) log(`bench: no number for ${id}`);
-  if (session.errors.length > 0) log(`bench: ${session.errors.length} failure(s); see the Failures section of the report`);
-  return session.errors.length > 0 || missing.length > 0 ? EXIT_FAILED : 0;
+  return finishPart(resultsDir(args.values.results), "first-write", plan.mode, { targets, details, markdown }, { missing: missingCases(runs), failures: session.errors.length });
 }
 
-try {
-  process.exitCode = await main(process.argv.slice(2));
-} catch (error) {
-  const usage = isUsageError(error);
-  log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
-  process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
-}
+await runScript(USAGE, () => main(process.argv.slice(2)));

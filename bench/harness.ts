@@ -5,12 +5,16 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { rmSync } from "node:fs";
+import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
 import { reapAll, runCommand } from "./processes.ts";
 
 /** Preferred home of the temp directory: a disk-backed file system, unlike a tmpfs /tmp. */
 export const TEMP_ROOT = "/var/tmp";
 /** Bound on writing back the dirty pages of the temp file system between runs. */
 const SYNC_TIMEOUT_MS = 120_000;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
 export const EXIT_INTERRUPTED = 130;
 
 /** A fresh directory named `prefix` + random suffix, under TEMP_ROOT if possible, else the OS temp dir. */
@@ -93,4 +97,42 @@ export function parseBenchArgs<K extends string>(argv: string[], extra: readonly
 /** Whether `error` is a bad command line (ours or parseArgs'), not a failed run. */
 export function isUsageError(error: unknown): boolean {
   return error instanceof UsageError || !!(error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+}
+
+/** What `inTempDir` ran, with when it started and the machine it ran on. */
+export interface DirRun<T> {
+  result: T;
+  machine: MachineInfo;
+  startedAt: Date;
+}
+
+/**
+ * Runs a part's measurements in a fresh temp directory (`prefix` + random suffix): prints the
+ * machine first, and afterwards (also on SIGINT/SIGTERM) reaps every child and removes the
+ * directory, unless `keep`.
+ */
+export async function inTempDir<T>(prefix: string, keep: boolean, work: (dir: string) => Promise<T>): Promise<DirRun<T>> {
+  const dir = makeTempDir(prefix);
+  const cleanUp = () => (keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
+  onInterrupt(cleanUp);
+  const startedAt = new Date();
+  try {
+    const machine = await machineInfo(dir);
+    console.log(formatMachineInfo(machine).join("\n"));
+    return { result: await work(dir), machine, startedAt };
+  } finally {
+    await reapAll();
+    cleanUp();
+  }
+}
+
+/** A bench script's entry: the exit code `main` returns; 2 and the usage for a bad command line; 1 when it throws. */
+export async function runScript(usage: string, main: () => Promise<number>): Promise<void> {
+  try {
+    process.exitCode = await main();
+  } catch (error) {
+    const bad = isUsageError(error);
+    log(`bench: ${(error as Error).message}${bad ? `\n${usage}` : ""}`);
+    process.exitCode = bad ? EXIT_USAGE : EXIT_FAILED;
+  }
 }

@@ -4,18 +4,15 @@
 // controller's log (append, append + commit, group commit). Writes DIR/micro-{latest,smoke}.{json,md}.
 //
 //   bun bench/micro.bench.ts [--quick | --smoke] [--results DIR] [--keep]
-import { rmSync } from "node:fs";
-import { type BenchMode, isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs } from "./harness.ts";
-import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
+import { type BenchMode, inTempDir, log, parseBenchArgs, runScript } from "./harness.ts";
+import { type MachineInfo, formatMachineInfo } from "./machine-info.ts";
 import { GROUP_COMMIT_RECORDS, type LogCase, measureLog } from "./micro-log.ts";
 import { type LookupCase, measureLookups } from "./micro-lookup.ts";
 import type { MicroSettings } from "./micro-timing.ts";
 import { measureWire, type WireCase } from "./micro-wire.ts";
-import { formatMeasured, markdownTable, resultsDir, targetsTable, writeResultFiles } from "./result-files.ts";
+import { finishPart, formatMeasured, markdownTable, resultsDir, targetsTable } from "./result-files.ts";
 import { type TargetResult, target } from "./targets.ts";
 
-const EXIT_FAILED = 1;
-const EXIT_USAGE = 2;
 const LOOKUP_TARGET_NS = 50;
 const TARGET_GROUP = "WASM table lookup";
 
@@ -146,38 +143,20 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const plan = PLANS[args.mode];
-  const dir = makeTempDir("tabledisk-micro-");
-  const cleanUp = () => (args.keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
-  onInterrupt(cleanUp);
-  const startedAt = new Date();
-  let measured: Measured;
-  let machine: MachineInfo;
-  try {
-    machine = await machineInfo(dir);
+  const { result: measured, machine, startedAt } = await inTempDir("tabledisk-micro-", args.keep, async (dir): Promise<Measured> => {
     log(`bench: micro, ${args.mode}: lookups`);
     const lookups = await measureLookups(plan, plan.lookupEntries);
     log("bench: wire messages");
     const wire = await measureWire(plan);
     log(`bench: log, in ${dir}`);
-    measured = { lookups, wire, log: await measureLog(plan, dir) };
-  } finally {
-    cleanUp();
-  }
+    return { lookups, wire, log: await measureLog(plan, dir) };
+  });
   const targets = lookupTargets(measured.lookups);
   const body = tables(measured, targets);
   console.log(body.join("\n"));
   const details = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), mode: args.mode, machine, plan, ...measured };
   const markdown = markdownReport(args.mode, machine, startedAt, body);
-  for (const path of writeResultFiles(resultsDir(args.values.results), "micro", args.mode, { targets, details, markdown })) log(`bench: wrote ${path}`);
-  const missing = missingNumbers(measured);
-  for (const name of missing) log(`bench: no number for ${name}`);
-  return missing.length > 0 ? EXIT_FAILED : 0;
+  return finishPart(resultsDir(args.values.results), "micro", args.mode, { targets, details, markdown }, { missing: missingNumbers(measured), failures: 0 });
 }
 
-try {
-  process.exitCode = await main(process.argv.slice(2));
-} catch (error) {
-  const usage = isUsageError(error);
-  log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
-  process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
-}
+await runScript(USAGE, () => main(process.argv.slice(2)));

@@ -8,12 +8,10 @@
 // Writes DIR/resources-{latest,smoke}.{json,md}.
 //
 //   bun bench/resources.ts [--quick | --smoke] [--results DIR] [--keep] [--verbose]
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { FILL_JOB, type FioJob, type FioResult, JOBS, type Timing, runFio } from "./fio-jobs.ts";
-import { type BenchMode, isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, settle } from "./harness.ts";
-import { type MachineInfo, machineInfo } from "./machine-info.ts";
-import { reapAll } from "./processes.ts";
+import { type BenchMode, inTempDir, log, parseBenchArgs, runScript, settle } from "./harness.ts";
 import { type CpuTicks, clockTicksPerSecond, readCpuTicks, settledMemory } from "./proc-stats.ts";
 import {
   type CpuRun,
@@ -29,7 +27,7 @@ import {
   resourceTargets,
   summaryTables,
 } from "./resources-report.ts";
-import { resultsDir, writeResultFiles } from "./result-files.ts";
+import { finishPart, resultsDir } from "./result-files.ts";
 import { SERVERS, ctl } from "./servers.ts";
 import { type SplitInstance, startSplit } from "./split-servers.ts";
 import { GIB, KIB, MIB, TIB } from "./units.ts";
@@ -44,8 +42,6 @@ const POOL_SLACK_BYTES = GIB;
 /** Resident-set readings: every SETTLE_INTERVAL_MS until two agree, at most SETTLE_READINGS. */
 const SETTLE_INTERVAL_MS = 100;
 const SETTLE_READINGS = 30;
-const EXIT_FAILED = 1;
-const EXIT_USAGE = 2;
 
 const PLANS: Record<BenchMode, Plan> = {
   full: { runtimeSec: 5, writtenBytes: GIB, thinBytes: GIB, creationReps: 5 },
@@ -274,38 +270,20 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const plan = PLANS[args.mode];
-  const dir = makeTempDir("tabledisk-resources-");
-  const cleanUp = () => (args.keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
-  onInterrupt(cleanUp);
-  const startedAt = new Date();
-  let bench: ResourceBench;
-  let machine: MachineInfo;
-  try {
-    machine = await machineInfo(dir);
-    bench = new ResourceBench(plan, dir, args.verbose, await clockTicksPerSecond());
+  const { result: bench, machine, startedAt } = await inTempDir("tabledisk-resources-", args.keep, async (dir) => {
+    const bench = new ResourceBench(plan, dir, args.verbose, await clockTicksPerSecond());
     log(`bench: resources, ${args.mode}, in ${dir}`);
     await bench.measureOurs();
     await bench.measureNbdkit();
-  } finally {
-    await reapAll();
-    cleanUp();
-  }
+    return bench;
+  });
   const { results } = bench;
   const targets = resourceTargets(results);
   const body = summaryTables(results, targets);
   console.log(body.join("\n"));
   const details = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), mode: args.mode, machine, ...results };
   const markdown = markdownReport(args.mode, machine, startedAt, body);
-  for (const path of writeResultFiles(resultsDir(args.values.results), "resources", args.mode, { targets, details, markdown })) log(`bench: wrote ${path}`);
-  const missing = missingNumbers(results, targets);
-  for (const name of missing) log(`bench: no number for ${name}`);
-  return missing.length > 0 ? EXIT_FAILED : 0;
+  return finishPart(resultsDir(args.values.results), "resources", args.mode, { targets, details, markdown }, { missing: missingNumbers(results, targets), failures: 0 });
 }
 
-try {
-  process.exitCode = await main(process.argv.slice(2));
-} catch (error) {
-  const usage = isUsageError(error);
-  log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
-  process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
-}
+await runScript(USAGE, () => main(process.argv.slice(2)));

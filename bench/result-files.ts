@@ -3,7 +3,7 @@
 // top-level `targets` array (bench/targets.ts) that bench/run.ts gathers.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { BenchMode } from "./harness.ts";
+import { type BenchMode, EXIT_FAILED, log } from "./harness.ts";
 import { markdownRow } from "./report.ts";
 import { REPO } from "./servers.ts";
 import type { TargetResult } from "./targets.ts";
@@ -27,6 +27,23 @@ export function writeResultFiles(
   writeFileSync(`${base}.json`, `${JSON.stringify({ targets: results.targets, ...results.details }, null, 2)}\n`);
   writeFileSync(`${base}.md`, results.markdown);
   return [`${base}.json`, `${base}.md`];
+}
+
+/**
+ * The end of a part: writes its results, names every number missing and says how many runs
+ * failed; the exit code is 1 unless every number is there and nothing failed.
+ */
+export function finishPart(
+  dir: string,
+  part: string,
+  mode: BenchMode,
+  results: { targets: TargetResult[]; details: object; markdown: string },
+  problems: { missing: string[]; failures: number },
+): number {
+  for (const path of writeResultFiles(dir, part, mode, results)) log(`bench: wrote ${path}`);
+  for (const what of problems.missing) log(`bench: no number for ${what}`);
+  if (problems.failures > 0) log(`bench: ${problems.failures} run(s) failed; see the Failures section of the report`);
+  return problems.failures > 0 || problems.missing.length > 0 ? EXIT_FAILED : 0;
 }
 
 /** A Markdown table: a header row, a rule, then one row per line. */

@@ -7,7 +7,7 @@
 //   bun bench/run.ts [--quick | --smoke] [--results DIR] [--parts fio,first-write,...] [--keep] [--verbose]
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type BenchMode, EXIT_INTERRUPTED, isInterrupted, isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, UsageError } from "./harness.ts";
+import { type BenchMode, EXIT_FAILED, EXIT_INTERRUPTED, isInterrupted, log, makeTempDir, onInterrupt, parseBenchArgs, runScript, UsageError } from "./harness.ts";
 import { machineInfo } from "./machine-info.ts";
 import { targetsPlot } from "./plot.ts";
 import { ManagedProcess, reapAll, withTimeout } from "./processes.ts";
@@ -34,8 +34,6 @@ import type { TargetResult } from "./targets.ts";
 
 /** Bound on one part, by mode: a part that hangs is killed and reported, and the suite goes on. */
 const PART_TIMEOUT_MS: Record<BenchMode, number> = { full: 90 * 60_000, quick: 15 * 60_000, smoke: 5 * 60_000 };
-const EXIT_FAILED = 1;
-const EXIT_USAGE = 2;
 
 const USAGE = `usage: bun bench/run.ts [--quick | --smoke] [--results DIR] [--parts ${PARTS.map((part) => part.id).join(",")}] [--keep] [--verbose]
   (none)         full run: every part with its full repetitions (tens of minutes)
@@ -164,10 +162,4 @@ async function main(argv: string[]): Promise<number> {
   return outcomes.every((outcome) => outcome.ok) && summary.missing.length === 0 ? 0 : EXIT_FAILED;
 }
 
-try {
-  process.exitCode = await main(process.argv.slice(2));
-} catch (error) {
-  const usage = isUsageError(error);
-  log(`suite: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
-  process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
-}
+await runScript(USAGE, () => main(process.argv.slice(2)));

@@ -8,16 +8,16 @@
 // Copy-on-write throughput is bench/first-write.ts. Targets: bench/snapshot-targets.ts.
 //
 //   bun bench/snapshot.ts [--quick | --smoke] [--results DIR] [--keep] [--verbose]
-import { readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Fill, describeFill } from "./disk-fills.ts";
 import { type FioJob, type FioResult, JOBS, runFio } from "./fio-jobs.ts";
-import { type BenchMode, isUsageError, log, makeTempDir, onInterrupt, parseBenchArgs, settle } from "./harness.ts";
-import { type MachineInfo, formatMachineInfo, machineInfo } from "./machine-info.ts";
+import { type BenchMode, inTempDir, log, parseBenchArgs, runScript, settle } from "./harness.ts";
+import { type MachineInfo, formatMachineInfo } from "./machine-info.ts";
 import { OursSession, timed } from "./ours-session.ts";
-import { delay, reapAll } from "./processes.ts";
+import { delay } from "./processes.ts";
 import { markdownRow, median } from "./report.ts";
-import { resultsDir, targetsTable, writeResultFiles } from "./result-files.ts";
+import { finishPart, resultsDir, targetsTable } from "./result-files.ts";
 import { ctl } from "./servers.ts";
 import {
   CREATION_TARGETS,
@@ -49,8 +49,6 @@ const SLOW_WRITE_MS = 5;
 const EPISODE_GAP_MS = 50;
 const NS_PER_MS = 1e6;
 const NS_PER_US = 1e3;
-const EXIT_FAILED = 1;
-const EXIT_USAGE = 2;
 
 interface CreationCase {
   id: string;
@@ -527,38 +525,15 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const plan = PLANS[args.mode];
-  const dir = makeTempDir("tabledisk-snapshot-");
-  const cleanUp = () => (args.keep ? log(`bench: kept ${dir}`) : rmSync(dir, { recursive: true, force: true }));
-  onInterrupt(cleanUp);
-  const startedAt = new Date();
-  let machine: MachineInfo;
-  let outcome: Awaited<ReturnType<typeof run>>;
-  try {
-    machine = await machineInfo(dir);
-    console.log(formatMachineInfo(machine).join("\n"));
-    outcome = await run(plan, dir, args.verbose);
-  } finally {
-    await reapAll();
-    cleanUp();
-  }
-  const { results, session } = outcome;
+  const { result, machine, startedAt } = await inTempDir("tabledisk-snapshot-", args.keep, (dir) => run(plan, dir, args.verbose));
+  const { results, session } = result;
   const { errors } = session;
   const targets = targetsOf(results);
   const markdown = markdownReport(plan, machine, results, targets, errors, startedAt);
   console.log(`\n${tables(results).join("\n")}\n\n${targetsTable(targets)}`);
   const details = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), machine, plan, results, fills: session.fills, errors };
-  for (const path of writeResultFiles(resultsDir(args.values.results), "snapshot", plan.mode, { targets, details, markdown })) log(`bench: wrote ${path}`);
-  const missing = missingNumbers(results, creationCases(plan));
-  for (const what of missing) log(`bench: missing ${what}`);
-  if (errors.length > 0) log(`bench: ${errors.length} failure(s); see the Failures section of the report`);
   log(`bench: done in ${((Date.now() - startedAt.getTime()) / 1000).toFixed(0)} s`);
-  return errors.length > 0 || missing.length > 0 ? EXIT_FAILED : 0;
+  return finishPart(resultsDir(args.values.results), "snapshot", plan.mode, { targets, details, markdown }, { missing: missingNumbers(results, creationCases(plan)), failures: errors.length });
 }
 
-try {
-  process.exitCode = await main(process.argv.slice(2));
-} catch (error) {
-  const usage = isUsageError(error);
-  log(`bench: ${(error as Error).message}${usage ? `\n${USAGE}` : ""}`);
-  process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
-}
+await runScript(USAGE, () => main(process.argv.slice(2)));

@@ -135,6 +135,13 @@ export function parseRecord(value: unknown): LogRecord {
   return schema(value, "record");
 }
 
+/** Appends `records` to the log (durable at its next commit) and applies them, in that order;
+ *  returns the segments they left unreferenced. */
+export function appendAndApply(log: { append(record: object): void }, catalog: Catalog, records: LogRecord[]): Freed[] {
+  for (const record of records) log.append(record);
+  return records.flatMap((record) => catalog.apply(record));
+}
+
 export class Catalog {
   readonly luns = new Map<number, Lun>();
   readonly disks = new Map<number, Disk>();

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, statSync, closeSync, openSync, ftruncateSync, fs
 import { dirname, join, resolve as resolvePath } from "node:path";
 import { AppendLog } from "./log/append-log.ts";
 import { fsyncDirSync } from "./log/log-io.ts";
-import { Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
+import { appendAndApply, Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
 import { checkConsistency } from "./check.ts";
 import { ContainerHealth, HEALTH_CHECK_INTERVAL_MS } from "./container-health.ts";
 import { failpoint } from "./failpoints.ts";
@@ -594,27 +594,20 @@ export class Controller {
 
   private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
     if (records.length === 0) return [];
-    const freed = this.appendAndApply(records);
+    const freed = appendAndApply(this.log, this.catalog, records);
     await this.log.commit();
     this.maybeCompact();
     return freed;
   }
 
   private recordLater(records: LogRecord[]): void {
-    const freed = this.appendAndApply(records);
+    const freed = appendAndApply(this.log, this.catalog, records);
     assert(freed.length === 0, "uncommitted records must not free segments");
     this.commitTimer ??= setTimeout(() => {
       this.commitTimer = undefined;
       this.log.commit().catch((error: Error) => this.say(`background commit failed: ${error.message}`));
     }, BACKGROUND_COMMIT_MS);
     this.maybeCompact();
-  }
-
-  private appendAndApply(records: LogRecord[]): Freed[] {
-    const freed: Freed[] = [];
-    for (const record of records) this.log.append(record);
-    for (const record of records) freed.push(...this.catalog.apply(record));
-    return freed;
   }
 
   private releaseSegments(freed: Freed[]): void {

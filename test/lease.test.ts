@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
 import { Child, ctl, reapAll, spawnCtl, tempDir } from "./helpers/processes.ts";
-import { BlockClient } from "./helpers/block-client.ts";
+import { BlockClient, filled } from "./helpers/block-client.ts";
 import { NBD, RawNbdClient } from "./helpers/raw-nbd-client.ts";
 
 const KIB = 1024;
@@ -37,10 +37,6 @@ async function untilStopped(pid: number): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve));
   }
   throw new Error(`process ${pid} did not stop`);
-}
-
-function filled(byte: number, length: number): Uint8Array {
-  return new Uint8Array(length).fill(byte);
 }
 
 test("lease: a stopped agent is fenced, the snapshot completes without it, and its held write never lands", async () => {

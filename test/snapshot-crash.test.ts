@@ -5,7 +5,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { reapAll, tempDir } from "./helpers/processes.ts";
 import { startUp, type UpSystem } from "./helpers/system.ts";
-import { BlockClient } from "./helpers/block-client.ts";
+import { BlockClient, filled } from "./helpers/block-client.ts";
 
 const KIB = 1024;
 const SEGMENT = 64 * KIB;
@@ -14,10 +14,6 @@ afterAll(async () => {
   await reapAll();
   for (const dir of dirs) dir.remove();
 });
-
-function filled(byte: number, length: number): Uint8Array {
-  return new Uint8Array(length).fill(byte);
-}
 
 async function expectConsistent(system: UpSystem): Promise<void> {
   const checked = await system.ctl(["check", "--json"]);

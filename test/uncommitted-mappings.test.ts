@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { UncommittedChanges } from "../agent/uncommitted.ts";
-import { BlockClient } from "./helpers/block-client.ts";
+import { BlockClient, filled } from "./helpers/block-client.ts";
 import { type Child, ctl, reapAll, spawnCtl, tempDir } from "./helpers/processes.ts";
 
 const KIB = 1024;
@@ -18,10 +18,6 @@ afterAll(async () => {
   await reapAll();
   for (const dir of dirs) dir.remove();
 });
-
-function filled(byte: number, length = 4 * KIB): Uint8Array {
-  return new Uint8Array(length).fill(byte);
-}
 
 async function bytesAt(client: BlockClient, offset: number): Promise<Set<number>> {
   return new Set(await client.read(offset, 4 * KIB));
@@ -50,10 +46,10 @@ describe("uncommitted mappings (durable at the FLUSH that needs them)", () => {
     const { control, nbdSocket, controller, agent, restartController } = await started();
     const client = await BlockClient.open(nbdSocket, "d");
     // Segment 0: written and flushed. Segment 1: FUA. Segment 2: written, not flushed.
-    expect(await client.write(0, filled(0x01))).toBe(0);
+    expect(await client.write(0, filled(0x01, 4 * KIB))).toBe(0);
     expect(await client.flush()).toBe(0);
-    expect(await client.write(SEGMENT, filled(0x02), true)).toBe(0);
-    expect(await client.write(2 * SEGMENT, filled(0x03))).toBe(0);
+    expect(await client.write(SEGMENT, filled(0x02, 4 * KIB), true)).toBe(0);
+    expect(await client.write(2 * SEGMENT, filled(0x03, 4 * KIB))).toBe(0);
     await controller.kill("SIGKILL");
     const linesBefore = agent.lines.length;
     await restartController();
@@ -69,7 +65,7 @@ describe("uncommitted mappings (durable at the FLUSH that needs them)", () => {
     if (unflushed.has(0x03)) expect(unflushed).toEqual(new Set([0x03]));
     else expect({ unflushed: [...unflushed], flushed }).toEqual({ unflushed: [0], flushed: 5 /* EIO */ });
     // The loss is reported once; the disk goes on working and flushing.
-    expect(await client.write(2 * SEGMENT, filled(0x04))).toBe(0);
+    expect(await client.write(2 * SEGMENT, filled(0x04, 4 * KIB))).toBe(0);
     expect(await client.flush()).toBe(0);
     expect(await bytesAt(client, 2 * SEGMENT)).toEqual(new Set([0x04]));
     await client.close();

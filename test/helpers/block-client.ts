@@ -57,3 +57,8 @@ export class BlockClient {
     return reply;
   }
 }
+
+/** `length` bytes of `byte`: the data of a test write. */
+export function filled(byte: number, length: number): Uint8Array {
+  return new Uint8Array(length).fill(byte);
+}

@@ -211,21 +211,11 @@ class AgentProcess implements DataPathContext {
 
   /** Has the controller commit what writes to `disk` relied on (modelled on Agent.commitFor). */
   async commit(disk: number, flushing = true): Promise<void> {
-    const pending = this.uncommitted.pending(disk);
-    if (!pending) return;
-    if (!pending.lost) {
-      try {
-        await this.withController((controller) => controller.request("commit", { run: pending.run }));
-        this.uncommitted.committed(disk, pending);
-        return;
-      } catch (error) {
-        if (!(error instanceof RemoteError && error.code === "ESTALE")) hostErrorOf(error);
-        this.uncommitted.runEnded(disk, pending);
-      }
-    }
-    if (!flushing) return;
+    // withController throws a HostError when the controller stays out of reach.
+    const commit = async (run: number) => Boolean(await this.withController((controller) => controller.request("commit", { run })));
+    const outcome = await this.uncommitted.commitDisk(disk, flushing, commit).catch(hostErrorOf);
+    if (outcome !== "lost") return;
     this.env.trace.count("flush failed: uncommitted mappings lost");
-    this.uncommitted.lossReported(disk, pending);
     throw new HostError("EIO", "the controller restarted before it committed the mappings of earlier writes");
   }
 

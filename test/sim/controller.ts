@@ -9,7 +9,7 @@
 import { AgentFleet, type FleetContext } from "../../engine/agent-fleet.ts";
 import type { AgentLink, AgentPeer, LeaseClock } from "../../engine/agent-link.ts";
 import { HEALTH_CHECK_INTERVAL_MS } from "../../engine/container-health.ts";
-import { Catalog, parseRecord, type Disk, type DiskMode, type Freed, type LogRecord } from "../../engine/catalog.ts";
+import { appendAndApply, Catalog, parseRecord, type Disk, type DiskMode, type Freed, type LogRecord } from "../../engine/catalog.ts";
 import { FaultResolver, type FaultAnswer } from "../../engine/faults.ts";
 import { AppendLog } from "../../engine/log/append-log.ts";
 import { Pool, type ContainerIo } from "../../engine/pool.ts";
@@ -382,10 +382,7 @@ export class SimController {
   private appendAndApply(records: LogRecord[]): Freed[] {
     // A crashed controller's code may still run on (a promise settled as it died): it changes nothing.
     if (!this.life.isAlive) throw new Error("the controller crashed");
-    const freed: Freed[] = [];
-    for (const record of records) this.log.append(record);
-    for (const record of records) freed.push(...this.catalog.apply(record));
-    return freed;
+    return appendAndApply(this.log, this.catalog, records);
   }
 
   private releaseSegments(freed: Freed[]): void {
