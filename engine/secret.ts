@@ -1,7 +1,6 @@
 // The control port's shared secret: created by the controller at its first start (a file only its
 // owner can read), presented by every agent and ctl in hello. Anyone who can reach the port but
 // cannot read the file is refused.
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { closeSync, existsSync, fsyncSync, linkSync, openSync, readFileSync, rmSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fsyncDirSync } from "./log/log-io.ts";
@@ -42,11 +41,17 @@ export function checkSecret(text: string, origin: string): string {
   return text;
 }
 
-/** Compares in constant time (hashes first, so lengths do not leak either). */
+/** Compares in constant time: hashes first, so lengths do not leak either, then looks at every
+ *  byte of the two digests. (Bun's hasher and Web Crypto rather than node:crypto, whose loading
+ *  alone would cost every ctl command about 13 ms.) */
 export function secretsMatch(given: string | undefined, expected: string): boolean {
   if (given === undefined) return false;
-  const digest = (text: string) => createHash("sha256").update(text).digest();
-  return timingSafeEqual(digest(given), digest(expected));
+  const digest = (text: string) => new Bun.CryptoHasher("sha256").update(text).digest();
+  const a = digest(given);
+  const b = digest(expected);
+  let difference = 0;
+  for (let i = 0; i < a.length; i += 1) difference |= a[i]! ^ b[i]!;
+  return difference === 0;
 }
 
 /** Where a client (ctl, an agent) finds the secret, in order of precedence. */
@@ -75,7 +80,7 @@ function createSecretFile(path: string): void {
   rmSync(temporary, { force: true });
   const fd = openSync(temporary, "wx", OWNER_ONLY);
   try {
-    writeSync(fd, `${randomBytes(SECRET_BYTES).toString("hex")}\n`);
+    writeSync(fd, `${Buffer.from(crypto.getRandomValues(new Uint8Array(SECRET_BYTES))).toString("hex")}\n`);
     fsyncSync(fd);
   } finally {
     closeSync(fd);
