@@ -29,6 +29,16 @@ function chain(...steps: (() => void | Promise<void>)[]): void | Promise<void> {
   }
 }
 
+/** Requests of at least this many bytes move their data on the I/O thread pool (storage.ts). */
+export const POOL_TRANSFER_BYTES_MIN = 128 * 1024;
+
+/** Resolves when every transfer has settled (none may still write into a buffer that is given
+ *  back), rejecting with the first failure. */
+async function allDone(transfers: Promise<void>[]): Promise<void> {
+  const failure = (await Promise.allSettled(transfers)).find((outcome) => outcome.status === "rejected");
+  if (failure) throw failure.reason;
+}
+
 /** A request is retried at most this often after faults before the host gets EIO. */
 export const FAULT_RETRIES_MAX = 32;
 /** Long WRITE_ZEROES/TRIM requests are resolved this many segments at a time. */
@@ -110,6 +120,7 @@ function infoOf(entry: ExportEntry): ExportInfo {
 }
 
 const STOPPED = Symbol("stopped");
+const NO_TOKEN = -1;
 
 class MappedExport implements ExportHandle {
   readonly info: ExportInfo;
@@ -127,6 +138,8 @@ class MappedExport implements ExportHandle {
   read(offset: number, into: Uint8Array): Uint32Array | undefined | Promise<Uint32Array | undefined> {
     return this.run(OP_READ, offset, into.length, false, () => {
       const { tables, files } = this.backend;
+      const onPool = into.length >= POOL_TRANSFER_BYTES_MIN;
+      const transfers: Promise<void>[] = [];
       let holes: number[] | null = null;
       let at = 0;
       for (let i = 0, n = tables.extentCount; i < n; i += 1) {
@@ -134,25 +147,43 @@ class MappedExport implements ExportHandle {
         if (tables.extentKind(i) === EXTENT_KIND_ZERO) {
           into.fill(0, at, at + length);
           (holes ??= []).push(at, length);
+        } else if (onPool) {
+          transfers.push(files.readOnPool(tables.extentContainer(i), into, at, length, tables.extentOffset(i)));
         } else {
           files.read(tables.extentContainer(i), into, at, length, tables.extentOffset(i));
         }
         at += length;
       }
-      return holes ? Uint32Array.from(holes) : undefined;
+      const result = holes ? Uint32Array.from(holes) : undefined;
+      return transfers.length > 0 ? allDone(transfers).then(() => result) : result;
     });
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
     return this.run(OP_WRITE, offset, data.length, fua, () => {
       const { tables, files } = this.backend;
+      if (data.length < POOL_TRANSFER_BYTES_MIN) {
+        let at = 0;
+        for (let i = 0, n = tables.extentCount; i < n; i += 1) {
+          const length = tables.extentLength(i);
+          files.write(tables.extentContainer(i), data, at, length, tables.extentOffset(i));
+          if (fua) files.sync(tables.extentContainer(i));
+          at += length;
+        }
+        return;
+      }
+      const transfers: Promise<void>[] = [];
+      const containers = new Set<number>();
       let at = 0;
       for (let i = 0, n = tables.extentCount; i < n; i += 1) {
         const length = tables.extentLength(i);
-        files.write(tables.extentContainer(i), data, at, length, tables.extentOffset(i));
-        if (fua) files.sync(tables.extentContainer(i));
+        transfers.push(files.writeOnPool(tables.extentContainer(i), data, at, length, tables.extentOffset(i)));
+        containers.add(tables.extentContainer(i));
         at += length;
       }
+      return allDone(transfers).then(() => {
+        if (fua) for (const container of containers) files.sync(container);
+      });
     });
   }
 
@@ -254,17 +285,20 @@ class MappedExport implements ExportHandle {
     }
   }
 
-  /** Resolves and performs one request, synchronously unless it faults; a `durable` (FUA) request
-   *  has the controller commit what its faults change before it goes on. */
-  private run<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T): T | Promise<T> {
+  /** Resolves and performs one request, synchronously unless it faults or moves its data on the I/O
+   *  pool; a `durable` (FUA) request has the controller commit what its faults change before it
+   *  goes on. */
+  private run<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T | Promise<T>): T | Promise<T> {
     const result = this.attempt(op, offset, length, perform);
     return result === STOPPED ? this.retry(op, offset, length, durable, perform) : result;
   }
 
-  private attempt<T>(op: Op, offset: number, length: number, perform: () => T): T | typeof STOPPED {
+  /** One try. The I/O counts as in flight (inflight.ts) until its storage transfers are done, also
+   *  when they finish later on the I/O pool. */
+  private attempt<T>(op: Op, offset: number, length: number, perform: () => T | Promise<T>): T | Promise<T> | typeof STOPPED {
     const entry = this.entry();
     const { tables, inflight } = this.backend;
-    const token = inflight.begin();
+    let token = inflight.begin();
     try {
       if (this.backend.gates.isClosed(entry.slot)) {
         this.stop = { gone: false, quiesced: true, first: 0, last: 0, state: 0 };
@@ -275,7 +309,11 @@ class MappedExport implements ExportHandle {
         // Checked after the lookup, right before storage: an agent stopped past its lease has been
         // fenced, and its mappings may be stale by now (R8).
         if (!this.backend.lease.valid()) throw new NbdError("EIO", `disk ${this.info.name}: this agent's lease has expired`);
-        return perform();
+        const performed = perform();
+        if (!(performed instanceof Promise)) return performed;
+        const held = token;
+        token = NO_TOKEN; // ended when the transfers are done, not now
+        return performed.finally(() => inflight.end(held));
       }
       if (status === STATUS_FAULT) {
         this.stop = { gone: false, first: tables.faultFirst, last: tables.faultLast, state: tables.faultState };
@@ -288,11 +326,11 @@ class MappedExport implements ExportHandle {
       if (status === STATUS_ERROR) throw new NbdError("EIO", `disk ${this.info.name}: segment ${tables.faultFirst} is in the error state`);
       throw new NbdError("EIO", `disk ${this.info.name}: lookup failed with status ${status}`);
     } finally {
-      inflight.end(token);
+      if (token !== NO_TOKEN) inflight.end(token);
     }
   }
 
-  private async retry<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T): Promise<T> {
+  private async retry<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T | Promise<T>): Promise<T> {
     for (let attempt = 0; attempt < FAULT_RETRIES_MAX; ) {
       if (this.stop.quiesced) {
         // Held until activate; this is not a fault and does not count as a retry.

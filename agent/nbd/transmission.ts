@@ -240,7 +240,7 @@ export class Transmission {
         this.pendingCookieLo = h.cookieLo;
         this.pendingOffset = offset;
         this.pendingRemaining = length;
-        this.payloadBuffer = new Uint8Array(length);
+        this.payloadBuffer = Buffer.allocUnsafe(length); // filled from the socket before use
         this.payloadFilled = 0;
         this.state = State.Payload;
         continue;
