@@ -8,6 +8,7 @@ import { QuiesceGates } from "./gates.ts";
 import { checkRange, setStates, writeRuns } from "./table-edits.ts";
 import { Lease } from "./lease.ts";
 import { UncommittedChanges } from "./uncommitted.ts";
+import { BatchingPort, onMessages } from "./thread-port.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
 import { nbdUri, type Address } from "../engine/util/address.ts";
 import {
@@ -61,6 +62,7 @@ export class Agent {
   private readonly containers = new Map<number, ContainerEntry>();
   private readonly freeSlots: number[] = [];
   private readonly workers: Worker[] = [];
+  private readonly ports = new Map<Worker, BatchingPort<ToWorker>>();
   private readonly gates = QuiesceGates.create(TABLE_SLOTS_MAX);
   private readonly lease = Lease.create();
   private leaseTimer: Timer | undefined;
@@ -129,8 +131,8 @@ export class Agent {
       this.workers.map(
         (worker) =>
           new Promise<void>((resolve) => {
-            worker.addEventListener("message", (event: MessageEvent<FromWorker>) => {
-              if (event.data.type === "stopped") resolve();
+            onMessages<FromWorker>(worker, (message) => {
+              if (message.type === "stopped") resolve();
             });
             worker.addEventListener("close", () => resolve());
             this.post(worker, { type: "stop" });
@@ -160,14 +162,14 @@ export class Agent {
       }
       const worker = new Worker(new URL("./worker.ts", import.meta.url).href);
       const started = new Promise<number | undefined>((resolve, reject) => {
-        const onMessage = (event: MessageEvent<FromWorker>) => {
-          if (event.data.type === "listening") resolve(event.data.tcpPort);
-          if (event.data.type === "failed") reject(new Error(event.data.message));
-        };
-        worker.addEventListener("message", onMessage);
+        onMessages<FromWorker>(worker, (message) => {
+          if (message.type === "listening") resolve(message.tcpPort);
+          if (message.type === "failed") reject(new Error(message.message));
+        });
         worker.addEventListener("error", (event) => reject(new Error(`NBD worker failed: ${(event as ErrorEvent).message}`)));
       });
-      worker.addEventListener("message", (event: MessageEvent<FromWorker>) => this.onWorkerMessage(worker, event.data));
+      this.ports.set(worker, new BatchingPort<ToWorker>(worker));
+      onMessages<FromWorker>(worker, (message) => this.onWorkerMessage(worker, message));
       this.post(worker, {
         type: "init",
         thread: index + 1,
@@ -185,7 +187,7 @@ export class Agent {
   }
 
   private post(worker: Worker, message: ToWorker): void {
-    worker.postMessage(message);
+    this.ports.get(worker)!.post(message);
   }
 
   private broadcast(message: ToWorker): void {

@@ -9,6 +9,7 @@ import { ContainerFiles } from "./storage.ts";
 import { NbdError } from "./nbd/backend.ts";
 import { startNbdServer, type NbdServer } from "./nbd/server.ts";
 import type { FromWorker, ToWorker } from "./thread-messages.ts";
+import { BatchingPort, onMessages } from "./thread-port.ts";
 
 declare const self: Worker;
 
@@ -17,8 +18,10 @@ const servers: NbdServer[] = [];
 const waiting = new Map<number, { resolve(): void; reject(error: Error): void }>();
 let nextRequest = 1;
 
+const toMain = new BatchingPort<FromWorker>(self);
+
 function post(message: FromWorker): void {
-  self.postMessage(message);
+  toMain.post(message);
 }
 
 /** Sends a message to the main thread and waits for its "resume" answer. */
@@ -58,8 +61,7 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
   post({ type: "listening", tcpPort });
 }
 
-self.onmessage = (event: MessageEvent<ToWorker>) => {
-  const message = event.data;
+onMessages<ToWorker>(self, (message) => {
   switch (message.type) {
     case "init":
       init(message).catch((error: Error) => post({ type: "failed", message: error.message }));
@@ -88,4 +90,4 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       });
       return;
   }
-};
+});
