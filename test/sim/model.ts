@@ -6,8 +6,10 @@
 //   recent   the writes since base, with the host whose cache holds them until a FLUSH.
 // A FLUSH on a host makes its writes acknowledged before the FLUSH began durable: base becomes the
 // last of them. When a host crashes, a block with unflushed writes from it may read anything in
-// base or recent. A read narrows `current` to what it saw when nothing could change meanwhile, so
-// a value that flips later is caught; a snapshot's blocks never change unless a crash allows it.
+// base or recent. A controller crash may lose the mapping of any unflushed write; that does not
+// take the write's data out of its host's cache, so that host's crash can still lose it too. A
+// read narrows `current` to what it saw when nothing could change meanwhile, so a value that flips
+// later is caught; a snapshot's blocks never change unless a crash allows it.
 import { assert } from "../../engine/util/assert.ts";
 import { CONTROLLER_HOST } from "./storage.ts";
 
@@ -20,6 +22,9 @@ interface Write {
   acked: boolean;
   /** Order of acknowledgement, to tell which writes a FLUSH covers. */
   ackOrder: number;
+  /** A controller crashed before a FLUSH covered it: its mapping may be gone, so no later FLUSH
+   *  makes it durable. */
+  mappingMayBeLost: boolean;
 }
 
 class Block {
@@ -105,7 +110,7 @@ export class Model {
   beginWrite(disk: ModelDisk, first: number, tags: readonly number[], host: string): PendingWrite {
     const writes = tags.map((tag, i) => {
       const block = disk.block(first + i);
-      const write: Write = { tag, host, acked: false, ackOrder: 0 };
+      const write: Write = { tag, host, acked: false, ackOrder: 0, mappingMayBeLost: false };
       block.writing += 1;
       block.widenTo([tag]);
       block.recent.push(write);
@@ -159,7 +164,9 @@ export class Model {
   flushed(disk: ModelDisk, host: string, mark: number): void {
     for (const block of disk.blocks) {
       let last = -1;
-      for (const [i, write] of block.recent.entries()) if (write.host === host && write.acked && write.ackOrder <= mark) last = i;
+      for (const [i, write] of block.recent.entries()) {
+        if (write.host === host && write.acked && !write.mappingMayBeLost && write.ackOrder <= mark) last = i;
+      }
       if (last < 0) continue;
       block.base = new Set([block.recent[last]!.tag]);
       block.recent = block.recent.slice(last + 1);
@@ -201,7 +208,9 @@ export class Model {
       for (const block of disk.blocks) {
         if (block.recent.length === 0) continue;
         block.widenTo(block.afterCrash());
-        for (const write of block.recent) write.host = CRASHED;
+        // Not CRASHED: the data of these writes is still in their hosts' caches (a write in
+        // flight puts it there later), and a host's crash can still lose it.
+        for (const write of block.recent) write.mappingMayBeLost = true;
       }
     }
   }
