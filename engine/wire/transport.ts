@@ -9,9 +9,15 @@ export interface StreamHandlers {
   close(error?: Error): void;
 }
 
-/** One connected socket; `write` queues what the kernel did not take and sends it on drain. */
+/**
+ * One connected socket. Writes made in the same tick go out as one socket write (many answers and
+ * pushes are sent at once: one system call instead of one each); what the kernel did not take is
+ * queued and sent on drain.
+ */
 export class Stream {
   private pending: Uint8Array[] = [];
+  private corked: Uint8Array[] = [];
+  private uncorkScheduled = false;
   private closed = false;
   handlers: StreamHandlers | null = null;
 
@@ -19,6 +25,18 @@ export class Stream {
 
   write(bytes: Uint8Array): void {
     if (this.closed) return;
+    this.corked.push(bytes);
+    if (this.uncorkScheduled) return;
+    this.uncorkScheduled = true;
+    queueMicrotask(() => this.uncork());
+  }
+
+  private uncork(): void {
+    this.uncorkScheduled = false;
+    const chunks = this.corked;
+    this.corked = [];
+    if (this.closed || chunks.length === 0) return;
+    const bytes = chunks.length === 1 ? chunks[0]! : concatChunks(chunks);
     if (this.pending.length > 0) {
       this.pending.push(bytes);
       return;
@@ -42,6 +60,7 @@ export class Stream {
 
   close(): void {
     if (this.closed) return;
+    this.uncork(); // what was written before the close still goes out
     this.closed = true;
     this.socket.end();
   }
@@ -53,6 +72,18 @@ export class Stream {
   markClosed(): void {
     this.closed = true;
   }
+}
+
+function concatChunks(chunks: Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const chunk of chunks) length += chunk.length;
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  return bytes;
 }
 
 interface StreamRef {
