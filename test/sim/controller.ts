@@ -389,15 +389,29 @@ export class SimController {
     for (const { lun, offset, shift } of freed) this.pool.release(lun, offset, shift);
   }
 
-  /** How fault handling pushes entries: as it asks, or, working around a known bug, a fault's
-   *  final push (non-blocking, to all but the faulting agent) blocking, and then blocking to the
-   *  faulting agent too (last, as its answer would be: it may write once it has the entry). */
+  /**
+   * How fault handling pushes entries: as it asks, or, working around a known bug, a fault's
+   * final push (non-blocking, to all but the faulting agent) blocking, and then a blocking
+   * invalidation of the segments at the faulting agent (last, as its answer would be). The
+   * faulting agent gets the new entries only with the answer, as from the real controller: the
+   * answer names the controller run whose commit writes through uncommitted mappings need, a
+   * push does not, so a write through a pushed entry could be flushed before the agent knew.
+   */
   private async faultPush(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
     if (options.blocking || !options.except || this.env.reproduce.includes("stale-read-after-forward-delta")) {
       return this.agents.pushEntries(disk, segments, options);
     }
     await this.agents.pushEntries(disk, segments, { blocking: true, except: options.except });
-    await this.agents.pushEntriesTo(this.agents.agentsOf(disk.id).filter((agent) => agent === options.except), disk, segments, true);
+    if (segments.length === 0) return;
+    // The segments of one fault lie in its range, which its answer sets whole: one range will do.
+    const first = Math.min(...segments);
+    const count = Math.max(...segments) - first + 1;
+    const faulting = this.agents.agentsOf(disk.id).filter((agent) => agent === options.except);
+    await Promise.all(
+      faulting.map((agent) =>
+        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking: true })),
+      ),
+    );
   }
 
   private diskNamed(name: string): Disk {

@@ -59,8 +59,9 @@ export type Canary = "skip-copy" | "ack-unwritten";
  *   (at any agent, the faulting one too) may read the old segment after the fault is answered,
  *   when its remaining holder may already write it in place (No-write cleared once it is the
  *   last holder, or reverse delta): the read returns another disk's data. Worked around in the
- *   simulated controller's glue, which pushes a fault's entries to every agent with the blocking
- *   flag. (The product's drain is per agent, not per disk, so doing that in engine/faults.ts
+ *   simulated controller's glue, which pushes a fault's entries to the other agents with the
+ *   blocking flag and invalidates them, blocking, at the faulting agent (which gets them with the
+ *   answer). (The product's drain is per agent, not per disk, so doing that in engine/faults.ts
  *   would let a stalled I/O on one disk hold up copy-on-write on others.)
  */
 export const KNOWN_BUGS = ["stale-read-after-forward-delta"] as const;
