@@ -86,11 +86,15 @@ export class FaultResolver {
       if (word === ZERO_WORD && fault.op === "write") zero.push(segment);
       else if (hasLocation(word) && entryState(word) & ENTRY_NO_WRITE) (catalog.references(word) > 1 ? shared : exclusive).push(segment);
     }
+    // Nobody else uses the exclusive ones any more (their sharers were deleted or moved off): Nw
+    // just goes. The disk will write them in place, so what took the sharers off must be durable
+    // first: a forward delta's move is left uncommitted, and a controller restart that lost it
+    // would give the sharer back a segment this disk has written over.
+    if (exclusive.length > 0) await this.ctx.commit();
     if (zero.length + shared.length > 0) await this.ctx.allocationReady();
     const fresh = this.allocate(disk, zero.length + shared.length);
     if (!fresh) return "pool full";
     const records: LogRecord[] = [];
-    // Nobody else uses these any more (their sharers were deleted): Nw just goes.
     for (const segment of exclusive) records.push(this.entryRecord(disk, segment, withoutNoWrite(disk.table.get(segment))));
     const copies = shared.map((segment, i) => ({ segment, from: disk.table.get(segment), to: fresh[zero.length + i]! }));
     try {

@@ -90,7 +90,7 @@ export class SimController {
       pool: this.pool,
       persist: (records) => this.persistRecords(records),
       record: (records) => this.recordLater(records),
-      commit: () => this.log.commit(),
+      commit: () => this.commitLog(),
       run: env.newRunId(),
       onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
       allocationReady: () => this.agents.knownAgentsSettled(),
@@ -377,6 +377,12 @@ export class SimController {
       this.commitPlanned = false;
       this.log.commit().catch(() => undefined); // a crashed controller's log fails its commits
     });
+  }
+
+  private async commitLog(): Promise<void> {
+    // As appendAndApply: a crashed controller's code may still run on; its log is closed.
+    if (!this.life.isAlive) throw new Error("the controller crashed");
+    await this.log.commit();
   }
 
   private appendAndApply(records: LogRecord[]): Freed[] {
