@@ -91,6 +91,7 @@ export class Controller {
     pool: this.pool,
     persist: (records) => this.persistRecords(records),
     record: (records) => this.recordLater(records),
+    isDurable: (position) => this.log.durableRecords >= position,
     commit: () => this.log.commit(),
     run: newRunId(),
     onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
@@ -600,14 +601,16 @@ export class Controller {
     return freed;
   }
 
-  private recordLater(records: LogRecord[]): void {
+  private recordLater(records: LogRecord[]): number {
     const freed = appendAndApply(this.log, this.catalog, records);
     assert(freed.length === 0, "uncommitted records must not free segments");
+    const position = this.log.appendedRecords;
     this.commitTimer ??= setTimeout(() => {
       this.commitTimer = undefined;
       this.log.commit().catch((error: Error) => this.say(`background commit failed: ${error.message}`));
     }, BACKGROUND_COMMIT_MS);
     this.maybeCompact();
+    return position;
   }
 
   private releaseSegments(freed: Freed[]): void {

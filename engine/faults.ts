@@ -20,8 +20,11 @@ export interface TableContext {
    *  are free for others once `release`d (after no agent can still be using them). */
   persist(records: LogRecord[]): Promise<Freed[]>;
   /** Appends and applies records that free nothing, durable at the next commit (a FLUSH that
-   *  needs them, or any persist): they are lost if this controller run ends first. */
-  record(records: LogRecord[]): void;
+   *  needs them, or any persist): they are lost if this controller run ends first. Returns their
+   *  position in the log, for `isDurable`. */
+  record(records: LogRecord[]): number;
+  /** Whether the records up to `position` (as `record` returned it) are durable by now. */
+  isDurable(position: number): boolean;
   /** Makes every record appended so far durable. */
   commit(): Promise<void>;
   /** This controller run, named in answers whose changes are not durable yet. */
@@ -47,20 +50,26 @@ interface Copy {
 }
 
 export class FaultResolver {
+  /**
+   * Per disk, the log position of its latest changes left uncommitted. Until they are durable,
+   * every answer for the disk names this run, not only the answer to the fault that made them:
+   * that answer may never have reached its agent (lost with its connection, the fault then asked
+   * again), or the entries may go to another agent or a new incarnation, which would otherwise
+   * write through them with nothing for its FLUSH to commit.
+   */
+  private readonly uncommittedUpTo = new Map<number, number>();
+
   constructor(private readonly ctx: TableContext) {}
 
   /** Resolves one fault from `agent`; the caller holds the family lock of `disk`. */
   async resolve(disk: Disk, fault: FaultArgs, agent: object): Promise<FaultAnswer> {
-    let uncommitted = false;
     if (fault.op === "trim") {
       await this.unmap(disk, fault.first, fault.last);
     } else if (fault.op === "write" || fault.op === "zero") {
-      const outcome = await this.makeWritable(disk, fault, agent);
-      if (outcome === "pool full") return { action: "error", errno: "ENOSPC" };
-      uncommitted = outcome === "uncommitted";
+      if ((await this.makeWritable(disk, fault, agent)) === "pool full") return { action: "error", errno: "ENOSPC" };
     }
     const runs = this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1);
-    return uncommitted ? { action: "retry", first: fault.first, runs, run: this.ctx.run } : { action: "retry", first: fault.first, runs };
+    return this.uncommitted(disk) ? { action: "retry", first: fault.first, runs, run: this.ctx.run } : { action: "retry", first: fault.first, runs };
   }
 
   /** An agent's FLUSH: the changes its faults were answered with in controller run `run` are made
@@ -76,7 +85,7 @@ export class FaultResolver {
    * write or another agent holds the disk's table too (its FLUSH would not know). What a reverse
    * delta moves to the copy (the other disks: a snapshot must never lose data) is always committed.
    */
-  private async makeWritable(disk: Disk, fault: FaultArgs, agent: object): Promise<"pool full" | "durable" | "uncommitted"> {
+  private async makeWritable(disk: Disk, fault: FaultArgs, agent: object): Promise<"pool full" | "writable"> {
     const { catalog } = this.ctx;
     const zero: number[] = [];
     const exclusive: number[] = [];
@@ -117,12 +126,26 @@ export class FaultResolver {
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-copy`);
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
-    const lazy = !fault.durable && this.ctx.onlyHolder(disk, agent);
-    if (lazy) this.ctx.record(records);
-    else await this.ctx.persist(records);
+    if (!fault.durable && this.ctx.onlyHolder(disk, agent)) {
+      if (records.length > 0) this.uncommittedUpTo.set(disk.id, this.ctx.record(records));
+    } else {
+      await this.ctx.persist(records);
+      // The entries may rest on an earlier fault's changes too, which persist commits only along
+      // with records of its own.
+      if (this.uncommitted(disk)) await this.ctx.commit();
+    }
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
     await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
-    return lazy && records.length > 0 ? "uncommitted" : "durable";
+    return "writable";
+  }
+
+  /** Whether changes to `disk` this run left uncommitted are still not durable. */
+  private uncommitted(disk: Disk): boolean {
+    const position = this.uncommittedUpTo.get(disk.id);
+    if (position === undefined) return false;
+    if (!this.ctx.isDurable(position)) return true;
+    this.uncommittedUpTo.delete(disk.id);
+    return false;
   }
 
   /** `count` fresh segments for `disk`, or null (and nothing taken) when the pool is full. */

@@ -171,6 +171,16 @@ export class AppendLog {
     return this.appendCount - this.durableCount;
   }
 
+  /** Records appended since the log was opened: a position in the log that only grows. */
+  get appendedRecords(): number {
+    return this.appendCount;
+  }
+
+  /** Every record up to this position is durable. */
+  get durableRecords(): number {
+    return this.durableCount;
+  }
+
   get stats(): Readonly<LogStats> {
     return { ...this.counters };
   }

@@ -167,8 +167,9 @@ export const controllerRequests = {
       first: optional(segment),
       runs: optional(runs),
       errno: optional(oneOf(...ERRNO_NAMES)),
-      /** Set when the answer's mapping changes are not durable yet: they become durable at the next
-       *  commit of this controller run, and are lost if the run ends first. */
+      /** Set while mapping changes of the disk (this answer's or an earlier one's) are not durable
+       *  yet: they become durable at the next commit of this controller run, and are lost if the
+       *  run ends first. */
       run: optional(uint()),
     }),
   },

@@ -90,6 +90,7 @@ export class SimController {
       pool: this.pool,
       persist: (records) => this.persistRecords(records),
       record: (records) => this.recordLater(records),
+      isDurable: (position) => this.log.durableRecords >= position,
       commit: () => this.commitLog(),
       run: env.newRunId(),
       onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
@@ -369,14 +370,16 @@ export class SimController {
   }
 
   /** As in the real controller, committed at the latest BACKGROUND_COMMIT_MS later. */
-  private recordLater(records: LogRecord[]): void {
+  private recordLater(records: LogRecord[]): number {
     assert(this.appendAndApply(records).length === 0, "uncommitted records must not free segments");
-    if (this.commitPlanned) return;
+    const position = this.log.appendedRecords;
+    if (this.commitPlanned) return position;
     this.commitPlanned = true;
     this.env.scheduler.after(BACKGROUND_COMMIT_MS, this.life, () => {
       this.commitPlanned = false;
       this.log.commit().catch(() => undefined); // a crashed controller's log fails its commits
     });
+    return position;
   }
 
   private async commitLog(): Promise<void> {
