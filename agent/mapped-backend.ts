@@ -160,6 +160,10 @@ class MappedExport implements ExportHandle {
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
+    return this.durableIf(fua, this.writeData(offset, data, fua));
+  }
+
+  private writeData(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
     return this.run(OP_WRITE, offset, data.length, fua, () => {
       const { tables, files } = this.backend;
       if (data.length < POOL_TRANSFER_BYTES_MIN) {
@@ -188,6 +192,21 @@ class MappedExport implements ExportHandle {
   }
 
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): void | Promise<void> {
+    return this.durableIf(fua, this.zeroes(offset, length, fua, noHole));
+  }
+
+  /** A FUA request is answered only once the mapping changes it relies on are committed too: its
+   *  data is synced, but the mapping may come from an earlier fault whose change is still
+   *  uncommitted (faults commit lazily), and a controller crash would lose the write with it. */
+  private durableIf(fua: boolean, done: void | Promise<void>): void | Promise<void> {
+    if (!fua) return done;
+    return chain(
+      () => done,
+      () => this.backend.sendCommit(this.disk),
+    );
+  }
+
+  private zeroes(offset: number, length: number, fua: boolean, noHole: boolean): void | Promise<void> {
     if (noHole) return this.zeroData(offset, length, fua, true);
     // Whole segments go back to Z (unmapped, R15); only the partial ends are written with zeros.
     const whole = this.wholeSegments(offset, length);

@@ -2,7 +2,7 @@
 // by one: the FLUSH that needs them commits them, and a FUA write commits its own. Shown with a
 // controller and an agent as separate processes and kill -9 of the controller:
 //   - after an acknowledged FLUSH, every write before it survives the crash;
-//   - a FUA write survives without a FLUSH;
+//   - a FUA write survives without a FLUSH, also one through a mapping an earlier fault made;
 //   - an unflushed write may be lost, but then the next FLUSH says so (EIO) instead of succeeding.
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
@@ -45,11 +45,15 @@ describe("uncommitted mappings (durable at the FLUSH that needs them)", () => {
   test("flushed and FUA writes to new segments survive a controller crash; an unflushed one is lost only with an EIO FLUSH", async () => {
     const { control, nbdSocket, controller, agent, restartController } = await started();
     const client = await BlockClient.open(nbdSocket, "d");
-    // Segment 0: written and flushed. Segment 1: FUA. Segment 2: written, not flushed.
+    // Segment 0: written and flushed. Segment 1: FUA. Segment 2: written, not flushed. Segment 3:
+    // written (its fault maps it, uncommitted), then a FUA write next to it that needs no fault
+    // but relies on that mapping.
     expect(await client.write(0, filled(0x01, 4 * KIB))).toBe(0);
     expect(await client.flush()).toBe(0);
     expect(await client.write(SEGMENT, filled(0x02, 4 * KIB), true)).toBe(0);
     expect(await client.write(2 * SEGMENT, filled(0x03, 4 * KIB))).toBe(0);
+    expect(await client.write(3 * SEGMENT, filled(0x05, 4 * KIB))).toBe(0);
+    expect(await client.write(3 * SEGMENT + 4 * KIB, filled(0x06, 4 * KIB), true)).toBe(0);
     await controller.kill("SIGKILL");
     const linesBefore = agent.lines.length;
     await restartController();
@@ -58,6 +62,7 @@ describe("uncommitted mappings (durable at the FLUSH that needs them)", () => {
     await agent.waitForLine(/registered with the controller/, undefined, linesBefore);
     expect(await bytesAt(client, 0)).toEqual(new Set([0x01]));
     expect(await bytesAt(client, SEGMENT)).toEqual(new Set([0x02]));
+    expect(await bytesAt(client, 3 * SEGMENT + 4 * KIB)).toEqual(new Set([0x06]));
     const unflushed = await bytesAt(client, 2 * SEGMENT);
     const flushed = await client.flush();
     // Either the mapping was committed in time (a background commit) and the data is there, or it
