@@ -63,7 +63,7 @@ interface Stop {
 }
 
 /** How a worker asks its main thread to handle a fault; resolves when the I/O may be retried. */
-export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; length: number; durable?: boolean } & Stop) => Promise<void>;
+export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; length: number } & Stop) => Promise<void>;
 /** How a worker has the mapping changes its writes to `disk` relied on committed (at FLUSH). */
 export type CommitSender = (disk: number) => Promise<void>;
 
@@ -136,7 +136,7 @@ class MappedExport implements ExportHandle {
   }
 
   read(offset: number, into: Uint8Array): Uint32Array | undefined | Promise<Uint32Array | undefined> {
-    return this.run(OP_READ, offset, into.length, false, () => {
+    return this.run(OP_READ, offset, into.length, () => {
       const { tables, files } = this.backend;
       const onPool = into.length >= POOL_TRANSFER_BYTES_MIN;
       const transfers: Promise<void>[] = [];
@@ -164,30 +164,23 @@ class MappedExport implements ExportHandle {
   }
 
   private writeData(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
-    return this.run(OP_WRITE, offset, data.length, fua, () => {
+    return this.run(OP_WRITE, offset, data.length, () => {
       const { tables, files } = this.backend;
-      if (data.length < POOL_TRANSFER_BYTES_MIN) {
-        let at = 0;
-        for (let i = 0, n = tables.extentCount; i < n; i += 1) {
-          const length = tables.extentLength(i);
-          files.write(tables.extentContainer(i), data, at, length, tables.extentOffset(i));
-          if (fua) files.sync(tables.extentContainer(i));
-          at += length;
-        }
-        return;
-      }
+      const onPool = data.length >= POOL_TRANSFER_BYTES_MIN;
       const transfers: Promise<void>[] = [];
-      const containers = new Set<number>();
+      const toSync = fua ? new Set<number>() : null;
       let at = 0;
       for (let i = 0, n = tables.extentCount; i < n; i += 1) {
         const length = tables.extentLength(i);
-        transfers.push(files.writeOnPool(tables.extentContainer(i), data, at, length, tables.extentOffset(i)));
-        containers.add(tables.extentContainer(i));
+        const container = tables.extentContainer(i);
+        if (onPool) transfers.push(files.writeOnPool(container, data, at, length, tables.extentOffset(i)));
+        else files.write(container, data, at, length, tables.extentOffset(i));
+        toSync?.add(container);
         at += length;
       }
-      return allDone(transfers).then(() => {
-        if (fua) for (const container of containers) files.sync(container);
-      });
+      const sync = () => toSync?.forEach((container) => files.sync(container));
+      if (transfers.length === 0) return sync();
+      return allDone(transfers).then(sync);
     });
   }
 
@@ -227,7 +220,7 @@ class MappedExport implements ExportHandle {
     if (length <= 0) return;
     const op = allocate ? OP_WRITE : OP_WRITE_ZEROES;
     return this.inPieces(offset, length, (pieceOffset, pieceLength) =>
-      this.run(op, pieceOffset, pieceLength, fua, () => {
+      this.run(op, pieceOffset, pieceLength, () => {
         const { tables, files } = this.backend;
         for (let i = 0, n = tables.extentCount; i < n; i += 1) {
           if (tables.extentKind(i) === EXTENT_KIND_ZERO) continue;
@@ -269,7 +262,7 @@ class MappedExport implements ExportHandle {
   }
 
   blockStatus(offset: number, length: number): BlockExtent[] | Promise<BlockExtent[]> {
-    return this.run(OP_BLOCK_STATUS, offset, length, false, () => {
+    return this.run(OP_BLOCK_STATUS, offset, length, () => {
       const { tables } = this.backend;
       const extents: BlockExtent[] = [];
       for (let i = 0, n = tables.extentCount; i < n; i += 1) {
@@ -305,11 +298,10 @@ class MappedExport implements ExportHandle {
   }
 
   /** Resolves and performs one request, synchronously unless it faults or moves its data on the I/O
-   *  pool; a `durable` (FUA) request has the controller commit what its faults change before it
-   *  goes on. */
-  private run<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T | Promise<T>): T | Promise<T> {
+   *  pool. */
+  private run<T>(op: Op, offset: number, length: number, perform: () => T | Promise<T>): T | Promise<T> {
     const result = this.attempt(op, offset, length, perform);
-    return result === STOPPED ? this.retry(op, offset, length, durable, perform) : result;
+    return result === STOPPED ? this.retry(op, offset, length, perform) : result;
   }
 
   /** One try. The I/O counts as in flight (inflight.ts) until its storage transfers are done, also
@@ -349,14 +341,14 @@ class MappedExport implements ExportHandle {
     }
   }
 
-  private async retry<T>(op: Op, offset: number, length: number, durable: boolean, perform: () => T | Promise<T>): Promise<T> {
+  private async retry<T>(op: Op, offset: number, length: number, perform: () => T | Promise<T>): Promise<T> {
     for (let attempt = 0; attempt < FAULT_RETRIES_MAX; ) {
       if (this.stop.quiesced) {
         // Held until activate; this is not a fault and does not count as a retry.
         await this.backend.gateOpened();
       } else {
         const { quiesced: _, ...stop } = this.stop;
-        await this.backend.sendFault({ disk: this.disk, op: faultOpOf(op), offset, length, ...(durable ? { durable } : {}), ...stop });
+        await this.backend.sendFault({ disk: this.disk, op: faultOpOf(op), offset, length, ...stop });
         attempt += 1;
       }
       const result = this.attempt(op, offset, length, perform);

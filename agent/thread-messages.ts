@@ -58,8 +58,6 @@ export type FromWorker =
       state: number;
       offset: number;
       length: number;
-      /** A FUA write: the controller makes the changes durable before it answers. */
-      durable?: boolean;
     }
   /** A FLUSH of `disk`: the mapping changes its writes relied on must be committed first. */
   | { type: "commit"; request: number; disk: number }

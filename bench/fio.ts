@@ -71,9 +71,8 @@ function parseServers(text: string | undefined, fallback: ServerId[]): ServerId[
   return SERVER_IDS.filter((id) => names.includes(id));
 }
 
-function parseOptions(argv: string[]): Options | null {
+function parseOptions(argv: string[]): Options {
   const args = parseBenchArgs(argv, ["runtime", "reps", "socket", "servers", "results"]);
-  if (!args) return null;
   const { mode, values } = args;
   const defaults = MODES[mode];
   const config: BenchConfig = {
@@ -186,10 +185,6 @@ function smokeProblems(config: BenchConfig, collected: Collected): string[] {
 
 async function main(argv: string[]): Promise<number> {
   const options = parseOptions(argv);
-  if (!options) {
-    console.log(USAGE);
-    return 0;
-  }
   const { config } = options;
   const collected = new Collected();
   const { machine, startedAt } = await inTempDir("tabledisk-fio-", options.keep, async (dir) => {

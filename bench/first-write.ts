@@ -248,10 +248,6 @@ async function run(plan: Plan, dir: string, verbose: boolean): Promise<{ runs: F
 
 async function main(argv: string[]): Promise<number> {
   const args = parseBenchArgs(argv, ["results"]);
-  if (!args) {
-    console.log(USAGE);
-    return 0;
-  }
   const plan = PLANS[args.mode];
   const { result, machine, startedAt } = await inTempDir("tabledisk-first-write-", args.keep, (dir) => run(plan, dir, args.verbose));
   const { runs, session } = result;

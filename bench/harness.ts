@@ -67,6 +67,9 @@ export function onInterrupt(cleanUp: () => void): void {
 /** A bad command line: the script prints its usage. */
 export class UsageError extends Error {}
 
+/** `-h`/`--help`: runScript prints the usage and exits 0. */
+class HelpRequested extends Error {}
+
 export type BenchMode = "full" | "quick" | "smoke";
 
 /** Options every bench script takes; `extra` names its own options that take a value. */
@@ -77,8 +80,8 @@ export interface BenchArgs<K extends string> {
   values: Partial<Record<K, string>>;
 }
 
-/** Parses `--quick | --smoke`, `--keep`, `--verbose`, `-h` and the script's `extra` options; null for help. */
-export function parseBenchArgs<K extends string>(argv: string[], extra: readonly K[]): BenchArgs<K> | null {
+/** Parses `--quick | --smoke`, `--keep`, `--verbose`, `-h` and the script's `extra` options. */
+export function parseBenchArgs<K extends string>(argv: string[], extra: readonly K[]): BenchArgs<K> {
   const options: NonNullable<ParseArgsConfig["options"]> = {
     quick: { type: "boolean" },
     smoke: { type: "boolean" },
@@ -88,7 +91,7 @@ export function parseBenchArgs<K extends string>(argv: string[], extra: readonly
   };
   for (const name of extra) options[name] = { type: "string" };
   const { values } = parseArgs({ args: argv, strict: true, options });
-  if (values.help) return null;
+  if (values.help) throw new HelpRequested();
   if (values.quick && values.smoke) throw new UsageError("--quick and --smoke exclude each other");
   const mode: BenchMode = values.smoke ? "smoke" : values.quick ? "quick" : "full";
   return { mode, keep: !!values.keep, verbose: !!values.verbose, values: values as Partial<Record<K, string>> };
@@ -126,11 +129,17 @@ export async function inTempDir<T>(prefix: string, keep: boolean, work: (dir: st
   }
 }
 
-/** A bench script's entry: the exit code `main` returns; 2 and the usage for a bad command line; 1 when it throws. */
+/** A bench script's entry: the exit code `main` returns; the usage and 0 for help; 2 and the
+ *  usage for a bad command line; 1 when it throws. */
 export async function runScript(usage: string, main: () => Promise<number>): Promise<void> {
   try {
     process.exitCode = await main();
   } catch (error) {
+    if (error instanceof HelpRequested) {
+      console.log(usage);
+      process.exitCode = 0;
+      return;
+    }
     const bad = isUsageError(error);
     log(`bench: ${(error as Error).message}${bad ? `\n${usage}` : ""}`);
     process.exitCode = bad ? EXIT_USAGE : EXIT_FAILED;

@@ -138,10 +138,6 @@ function missingNumbers(measured: Measured): string[] {
 
 async function main(argv: string[]): Promise<number> {
   const args = parseBenchArgs(argv, ["results"]);
-  if (!args) {
-    console.log(USAGE);
-    return 0;
-  }
   const plan = PLANS[args.mode];
   const { result: measured, machine, startedAt } = await inTempDir("tabledisk-micro-", args.keep, async (dir): Promise<Measured> => {
     log(`bench: micro, ${args.mode}: lookups`);

@@ -265,10 +265,6 @@ function cpuUse(before: CpuTicks, after: CpuTicks, ticksPerSecond: number, ios: 
 
 async function main(argv: string[]): Promise<number> {
   const args = parseBenchArgs(argv, ["results"]);
-  if (!args) {
-    console.log(USAGE);
-    return 0;
-  }
   const plan = PLANS[args.mode];
   const { result: bench, machine, startedAt } = await inTempDir("tabledisk-resources-", args.keep, async (dir) => {
     const bench = new ResourceBench(plan, dir, args.verbose, await clockTicksPerSecond());

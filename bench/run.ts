@@ -59,9 +59,8 @@ function parseParts(text: string | undefined): Part[] {
   return PARTS.filter((part) => names.includes(part.id));
 }
 
-function parseOptions(argv: string[]): Options | null {
+function parseOptions(argv: string[]): Options {
   const args = parseBenchArgs(argv, ["results", "parts"]);
-  if (!args) return null;
   const flags = [...(args.mode === "full" ? [] : [`--${args.mode}`]), ...(args.keep ? ["--keep"] : []), ...(args.verbose ? ["--verbose"] : [])];
   return { mode: args.mode, dir: resultsDir(args.values.results), parts: parseParts(args.values.parts), flags };
 }
@@ -107,10 +106,6 @@ function summaryFiles(dir: string, mode: BenchMode): { json: string; md: string;
 
 async function main(argv: string[]): Promise<number> {
   const options = parseOptions(argv);
-  if (!options) {
-    console.log(USAGE);
-    return 0;
-  }
   onInterrupt(() => undefined);
   mkdirSync(options.dir, { recursive: true });
   const startedAt = new Date();

@@ -520,10 +520,6 @@ async function run(plan: Plan, dir: string, verbose: boolean): Promise<{ results
 
 async function main(argv: string[]): Promise<number> {
   const args = parseBenchArgs(argv, ["results"]);
-  if (!args) {
-    console.log(USAGE);
-    return 0;
-  }
   const plan = PLANS[args.mode];
   const { result, machine, startedAt } = await inTempDir("tabledisk-snapshot-", args.keep, (dir) => run(plan, dir, args.verbose));
   const { results, session } = result;

@@ -81,8 +81,8 @@ export class FaultResolver {
 
   /**
    * Gives every segment of the fault a writable location. The faulting disk's new mappings stay
-   * uncommitted (no log fsync per fault; the agent's FLUSH commits them) unless the fault is a FUA
-   * write or another agent holds the disk's table too (its FLUSH would not know). What a reverse
+   * uncommitted (no log fsync per fault; the agent's FLUSH or FUA write commits them) unless
+   * another agent holds the disk's table too (its FLUSH would not know). What a reverse
    * delta moves to the copy (the other disks: a snapshot must never lose data) is always committed.
    */
   private async makeWritable(disk: Disk, fault: FaultArgs, agent: object): Promise<"pool full" | "writable"> {
@@ -126,7 +126,7 @@ export class FaultResolver {
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-copy`);
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
-    if (!fault.durable && this.ctx.onlyHolder(disk, agent)) {
+    if (this.ctx.onlyHolder(disk, agent)) {
       if (records.length > 0) this.uncommittedUpTo.set(disk.id, this.ctx.record(records));
     } else {
       await this.ctx.persist(records);

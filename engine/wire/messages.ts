@@ -159,8 +159,6 @@ export const controllerRequests = {
       state: uint(15),
       offset: uint(),
       length: uint(2 ** 32),
-      /** The I/O is a FUA write: the mapping changes it needs are made durable before the answer. */
-      durable: optional(bool),
     }),
     result: object({
       action: oneOf("retry", "error"),
