@@ -2,8 +2,8 @@
 // does positioned reads and writes on them (pread/pwrite), with no controller in the way. Small
 // transfers are done on the calling thread (lowest latency); large ones go to the runtime's I/O
 // thread pool, so the NBD thread keeps receiving and sending while the copies run elsewhere.
-import { closeSync, existsSync, fdatasyncSync, openSync, read, readSync, write, writeSync } from "node:fs";
-import { assert } from "../engine/util/assert.ts";
+import { existsSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
+import { PoolTransfers, readOnPool, writeOnPool } from "../engine/util/pool-transfers.ts";
 import { NbdError } from "./nbd/backend.ts";
 import type { ContainerEntry } from "./thread-messages.ts";
 
@@ -21,21 +21,11 @@ function stallWhileFlagged(): void {
   while (existsSync(stallFlag)) Atomics.wait(stallClock, 0, 0, STALL_POLL_MS);
 }
 
-/** One positioned transfer on the I/O thread pool: bytes moved (0 at end of file). */
-function transferOnPool(transfer: typeof read | typeof write, fd: number, buffer: Uint8Array, at: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) =>
-    (transfer as typeof read)(fd, buffer, at, length, position, (error, bytes) => (error ? reject(error) : resolve(bytes))),
-  );
-}
-
 export class ContainerFiles {
   private readonly paths = new Map<number, string>();
   private readonly epochs = new Map<number, number>();
   private readonly fds = new Map<number, number>();
-  /** Transfers on the I/O pool per descriptor: a descriptor is closed only when it has none, or a
-   *  transfer could land on a file opened later under the same number. */
-  private readonly poolTransfers = new Map<number, number>();
-  private readonly closeWhenIdle = new Set<number>();
+  private readonly pool = new PoolTransfers();
   private zeroChunk: Uint8Array | null = null;
 
   /** `onError` hears of every failed storage operation (the caller gets an EIO NbdError). */
@@ -47,7 +37,7 @@ export class ContainerFiles {
       this.paths.set(id, path);
       this.epochs.set(id, epoch);
       const fd = this.fds.get(id);
-      if (fd !== undefined) this.release(fd);
+      if (fd !== undefined) this.pool.close(fd);
       this.fds.delete(id);
     }
   }
@@ -76,33 +66,27 @@ export class ContainerFiles {
   /** `read` on the I/O thread pool. */
   async readOnPool(container: number, into: Uint8Array, at: number, length: number, position: number): Promise<void> {
     const fd = this.fd(container);
-    this.poolTransferStarts(fd);
-    try {
+    await this.pool.using([fd], async () => {
       let done = 0;
       while (done < length) {
-        const got = await this.ioOnPool(container, transferOnPool(read, fd, into, at + done, length - done, position + done));
+        const got = await this.ioOnPool(container, readOnPool(fd, into, at + done, length - done, position + done));
         if (got === 0) {
           into.fill(0, at + done, at + length);
           return;
         }
         done += got;
       }
-    } finally {
-      this.poolTransferEnds(fd);
-    }
+    });
   }
 
   /** `write` on the I/O thread pool. */
   async writeOnPool(container: number, data: Uint8Array, at: number, length: number, position: number): Promise<void> {
     stallWhileFlagged();
     const fd = this.fd(container);
-    this.poolTransferStarts(fd);
-    try {
+    await this.pool.using([fd], async () => {
       let done = 0;
-      while (done < length) done += await this.ioOnPool(container, transferOnPool(write, fd, data, at + done, length - done, position + done));
-    } finally {
-      this.poolTransferEnds(fd);
-    }
+      while (done < length) done += await this.ioOnPool(container, writeOnPool(fd, data, at + done, length - done, position + done));
+    });
   }
 
   writeZeroes(container: number, position: number, length: number): void {
@@ -126,28 +110,8 @@ export class ContainerFiles {
   }
 
   close(): void {
-    for (const fd of this.fds.values()) this.release(fd);
+    for (const fd of this.fds.values()) this.pool.close(fd);
     this.fds.clear();
-  }
-
-  private release(fd: number): void {
-    if (this.poolTransfers.has(fd)) this.closeWhenIdle.add(fd);
-    else closeSync(fd);
-  }
-
-  private poolTransferStarts(fd: number): void {
-    this.poolTransfers.set(fd, (this.poolTransfers.get(fd) ?? 0) + 1);
-  }
-
-  private poolTransferEnds(fd: number): void {
-    const left = this.poolTransfers.get(fd)! - 1;
-    assert(left >= 0, "a pool transfer ended twice");
-    if (left > 0) {
-      this.poolTransfers.set(fd, left);
-      return;
-    }
-    this.poolTransfers.delete(fd);
-    if (this.closeWhenIdle.delete(fd)) closeSync(fd);
   }
 
   private fd(container: number): number {

@@ -112,12 +112,7 @@ export class AgentFleet {
   }
 
   async pushEntriesTo(agents: AgentLink[], disk: Disk, segments: number[], blocking: boolean): Promise<void> {
-    const ranges: [first: number, count: number][] = [];
-    for (const segment of [...segments].sort((a, b) => a - b)) {
-      const last = ranges[ranges.length - 1];
-      if (last && last[0] + last[1] === segment) last[1] += 1;
-      else ranges.push([segment, 1]);
-    }
+    const ranges = adjacentRuns(segments);
     await Promise.all(
       agents.flatMap((agent) =>
         ranges.map(([first, count]) =>
@@ -207,4 +202,15 @@ export class AgentFleet {
 
 function disksOf(agent: AgentLink, disks: Disk[]): number[] {
   return disks.filter((disk) => agent.disks.has(disk.id)).map((disk) => disk.id);
+}
+
+/** The segments (in any order, each once) as runs of adjacent ones, in ascending order. */
+export function adjacentRuns(segments: number[]): [first: number, count: number][] {
+  const runs: [first: number, count: number][] = [];
+  for (const segment of [...segments].sort((a, b) => a - b)) {
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === segment) last[1] += 1;
+    else runs.push([segment, 1]);
+  }
+  return runs;
 }

@@ -8,6 +8,7 @@ import { appendAndApply, Catalog, parseRecord, type Disk, type Freed, type LogRe
 import { checkConsistency } from "./check.ts";
 import { ContainerHealth, HEALTH_CHECK_INTERVAL_MS } from "./container-health.ts";
 import { failpoint } from "./failpoints.ts";
+import { FaultQueue } from "./fault-queue.ts";
 import { FaultResolver, type FaultAnswer } from "./faults.ts";
 import { createSnapshots, diff, rollback, type SnapshotContext } from "./snapshots.ts";
 import { Pool } from "./pool.ts";
@@ -104,6 +105,7 @@ export class Controller {
     failpoint,
   };
   private readonly faults = new FaultResolver(this.context);
+  private readonly faultQueue = new FaultQueue(this.familyLocks, this.faults);
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private listener: Listener | null = null;
   private log!: AppendLog;
@@ -587,10 +589,7 @@ export class Controller {
     if (args.first > args.last || args.last >= disk.table.entryCount || args.offset + args.length > disk.size) {
       throw new RequestError("EINVAL", `fault on disk ${disk.name}: segments ${args.first}..${args.last} or range outside the disk`);
     }
-    return this.familyLocks.run(disk.family, async () => {
-      if (this.catalog.disks.get(disk.id) !== disk) return { action: "error", errno: "EIO" };
-      return this.faults.resolve(disk, args, agent);
-    });
+    return this.faultQueue.submit(disk, args, agent);
   }
 
   private async persistRecords(records: LogRecord[]): Promise<Freed[]> {

@@ -6,6 +6,7 @@
 import type { Catalog, Disk, Freed, LogRecord } from "./catalog.ts";
 import type { Allocation, Pool } from "./pool.ts";
 import type { ArgsOf, ControllerRequests, ResultOf } from "./wire/messages.ts";
+import { assert } from "./util/assert.ts";
 import { RequestError } from "./wire/peer.ts";
 import { ENTRY_NO_WRITE, ZERO_WORD, entryContainer, entryOffsetBytes, entryState, hasLocation, mappedWord, withState } from "../wasm/entry.ts";
 
@@ -61,13 +62,42 @@ export class FaultResolver {
 
   constructor(private readonly ctx: TableContext) {}
 
-  /** Resolves one fault from `agent`; the caller holds the family lock of `disk`. */
-  async resolve(disk: Disk, fault: FaultArgs, agent: object): Promise<FaultAnswer> {
+  /**
+   * Resolves faults of `disk` from `agent` that queued up together; the caller holds the family
+   * lock of `disk` (deleted meanwhile: the faults fail with EIO). Writes are resolved as one batch
+   * (one pass over the table, one sync per container for all their copies and zeroing, one set of
+   * log records); should the batch fail (the pool too full for all of it, a failing container),
+   * each fault is resolved on its own, so that only those the failure concerns fail.
+   */
+  async resolve(disk: Disk, faults: FaultArgs[], agent: object): Promise<PromiseSettledResult<FaultAnswer>[]> {
+    assert(faults.length > 0, "a batch holds at least one fault");
+    if (this.ctx.catalog.disks.get(disk.id) !== disk) return faults.map(() => ({ status: "fulfilled", value: { action: "error", errno: "EIO" } }));
+    if (faults.length > 1 && faults.every((fault) => fault.op === "write" || fault.op === "zero")) {
+      const outcome = await this.makeWritable(disk, faults, agent).catch(() => "failed" as const);
+      if (outcome === "writable") return faults.map((fault) => ({ status: "fulfilled", value: this.retryAnswer(disk, fault) }));
+    }
+    const settled: PromiseSettledResult<FaultAnswer>[] = [];
+    for (const fault of faults) {
+      try {
+        settled.push({ status: "fulfilled", value: await this.resolveOne(disk, fault, agent) });
+      } catch (reason) {
+        settled.push({ status: "rejected", reason });
+      }
+    }
+    return settled;
+  }
+
+  private async resolveOne(disk: Disk, fault: FaultArgs, agent: object): Promise<FaultAnswer> {
     if (fault.op === "trim") {
       await this.unmap(disk, fault.first, fault.last);
     } else if (fault.op === "write" || fault.op === "zero") {
-      if ((await this.makeWritable(disk, fault, agent)) === "pool full") return { action: "error", errno: "ENOSPC" };
+      if ((await this.makeWritable(disk, [fault], agent)) === "pool full") return { action: "error", errno: "ENOSPC" };
     }
+    return this.retryAnswer(disk, fault);
+  }
+
+  /** The fault's segments as they are now: the agent sets them and retries its request. */
+  private retryAnswer(disk: Disk, fault: FaultArgs): FaultAnswer {
     const runs = this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1);
     return this.uncommitted(disk) ? { action: "retry", first: fault.first, runs, run: this.ctx.run } : { action: "retry", first: fault.first, runs };
   }
@@ -80,19 +110,19 @@ export class FaultResolver {
   }
 
   /**
-   * Gives every segment of the fault a writable location. The faulting disk's new mappings stay
+   * Gives every segment of the faults a writable location. The faulting disk's new mappings stay
    * uncommitted (no log fsync per fault; the agent's FLUSH or FUA write commits them) unless
    * another agent holds the disk's table too (its FLUSH would not know). What a reverse
    * delta moves to the copy (the other disks: a snapshot must never lose data) is always committed.
    */
-  private async makeWritable(disk: Disk, fault: FaultArgs, agent: object): Promise<"pool full" | "writable"> {
+  private async makeWritable(disk: Disk, faults: FaultArgs[], agent: object): Promise<"pool full" | "writable"> {
     const { catalog } = this.ctx;
     const zero: number[] = [];
     const exclusive: number[] = [];
     const shared: number[] = [];
-    for (let segment = fault.first; segment <= fault.last; segment += 1) {
+    for (const [segment, op] of segmentOps(faults)) {
       const word = disk.table.get(segment);
-      if (word === ZERO_WORD && fault.op === "write") zero.push(segment);
+      if (word === ZERO_WORD && op === "write") zero.push(segment);
       else if (hasLocation(word) && entryState(word) & ENTRY_NO_WRITE) (catalog.references(word) > 1 ? shared : exclusive).push(segment);
     }
     // Nobody else uses the exclusive ones any more (their sharers were deleted or moved off): Nw
@@ -113,7 +143,7 @@ export class FaultResolver {
       await this.ctx.persist(this.highWaterRecords(disk, fresh));
       const written = new Set<number>();
       for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, records, written);
-      this.copyOldContents(disk, copies, written);
+      await this.copyOldContents(disk, copies, written);
       // New contents (zeros, copies) are durable before any mapping exposes them, even an
       // uncommitted one: its record may reach the disk with any later commit. A never-used block
       // of a sparse container needs neither writing nor a sync.
@@ -183,11 +213,14 @@ export class FaultResolver {
   /** Steps 440/540: the old contents go to the new segment. Even a write that covers the whole
    *  segment needs them there: until it lands (and if it never does) the segment must read as
    *  the disk did, for this agent and every other one it is pushed to. */
-  private copyOldContents(disk: Disk, copies: Copy[], written: Set<number>): void {
-    for (const { from, to } of copies) {
-      this.ctx.pool.copy(entryContainer(from), entryOffsetBytes(from), to.lun, to.offset, 2 ** disk.segmentShift);
-      written.add(to.lun);
-    }
+  private async copyOldContents(disk: Disk, copies: Copy[], written: Set<number>): Promise<void> {
+    const bytes = 2 ** disk.segmentShift;
+    // Every copy settles before an error is thrown: the caller then gives the new blocks back,
+    // and a copy still running would write into a block handed to someone else.
+    const results = await Promise.allSettled(copies.map(({ from, to }) => this.ctx.pool.copy(entryContainer(from), entryOffsetBytes(from), to.lun, to.offset, bytes)));
+    for (const { to } of copies) written.add(to.lun);
+    const failure = results.find((result) => result.status === "rejected");
+    if (failure) throw failure.reason;
   }
 
   /** Process 400, step 450: the faulting disk moves to the new segment, Nw cleared; the other
@@ -246,6 +279,16 @@ export class FaultResolver {
   private entryRecord(disk: Disk, segment: number, word: number): LogRecord {
     return { t: "map", disk: disk.id, first: segment, runs: [[word, 1]] };
   }
+}
+
+/** Each segment the faults cover, once, with "write" if any of them writes it (a Z segment needs
+ *  storage for a write, not for write-zeroes). */
+function segmentOps(faults: FaultArgs[]): Map<number, FaultArgs["op"]> {
+  const ops = new Map<number, FaultArgs["op"]>();
+  for (const fault of faults) {
+    for (let segment = fault.first; segment <= fault.last; segment += 1) if (ops.get(segment) !== "write") ops.set(segment, fault.op);
+  }
+  return ops;
 }
 
 function withoutNoWrite(word: number): number {

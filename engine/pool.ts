@@ -1,11 +1,12 @@
 // The storage pool: every container (LUN) with its allocator, and the few data operations the
 // controller does itself (zeroing a reused segment before it is mapped, copy-on-write copies)
 // through a ContainerIo: the container files, or what a test puts in their place.
-import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
+import { fdatasyncSync, openSync, writeSync } from "node:fs";
 import { BuddyAllocator } from "./allocator.ts";
 import type { Catalog, Lun } from "./catalog.ts";
 import { entryContainer, entryLocation, entryOffsetBytes } from "../wasm/entry.ts";
 import { assert } from "./util/assert.ts";
+import { PoolTransfers, readOnPool, writeOnPool } from "./util/pool-transfers.ts";
 
 /** How far the persisted high-water mark moves at a time, so it is rarely logged. */
 export const HIGH_WATER_STEP_BYTES = 256 * 1024 * 1024;
@@ -24,7 +25,7 @@ export interface ContainerIo {
   /** Writes zeros over [offset, offset+length) of a container (not yet durable). */
   zero(lun: number, offset: number, length: number): void;
   /** Copies bytes from one place to another (not yet durable). */
-  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void;
+  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void | Promise<void>;
   /** Makes what was written to a container durable (fdatasync). */
   sync(lun: number): void;
   /** Forgets what is open of a container: the next operation opens it again (after a repair). */
@@ -105,8 +106,8 @@ export class Pool {
     this.io.zero(lun, offset, length);
   }
 
-  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void {
-    this.io.copy(fromLun, fromOffset, toLun, toOffset, length);
+  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void | Promise<void> {
+    return this.io.copy(fromLun, fromOffset, toLun, toOffset, length);
   }
 
   sync(lun: number): void {
@@ -126,7 +127,7 @@ export class Pool {
 class ContainerFileIo implements ContainerIo {
   private readonly files = new Map<number, number>();
   private zeroChunk: Uint8Array | null = null;
-  private copyChunk: Uint8Array | null = null;
+  private readonly transfers = new PoolTransfers();
 
   constructor(private readonly catalog: Catalog) {}
 
@@ -139,19 +140,26 @@ class ContainerFileIo implements ContainerIo {
     }
   }
 
-  copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): void {
+  /** On the I/O thread pool, so the controller goes on serving while copies run (several at once). */
+  async copy(fromLun: number, fromOffset: number, toLun: number, toOffset: number, length: number): Promise<void> {
     const from = this.file(fromLun);
     const to = this.file(toLun);
-    const buffer = (this.copyChunk ??= new Uint8Array(COPY_CHUNK_BYTES));
-    for (let done = 0; done < length; ) {
-      const want = Math.min(COPY_CHUNK_BYTES, length - done);
-      let got = readSync(from, buffer, 0, want, fromOffset + done);
-      // Past the end of a sparse container file reads as zeros.
-      if (got < want) buffer.fill(0, got, want);
-      got = want;
-      for (let written = 0; written < got; ) written += writeSync(to, buffer, written, got - written, toOffset + done + written);
-      done += got;
-    }
+    const buffer = Buffer.allocUnsafe(Math.min(COPY_CHUNK_BYTES, length));
+    await this.transfers.using([from, to], async () => {
+      for (let done = 0; done < length; ) {
+        const want = Math.min(buffer.length, length - done);
+        let got = 0;
+        while (got < want) {
+          const read = await readOnPool(from, buffer, got, want - got, fromOffset + done + got);
+          // Past the end of a sparse container file reads as zeros.
+          if (read === 0) break;
+          got += read;
+        }
+        buffer.fill(0, got, want);
+        for (let written = 0; written < want; ) written += await writeOnPool(to, buffer, written, want - written, toOffset + done + written);
+        done += want;
+      }
+    });
   }
 
   sync(lun: number): void {
@@ -160,12 +168,12 @@ class ContainerFileIo implements ContainerIo {
 
   reopen(lun: number): void {
     const fd = this.files.get(lun);
-    if (fd !== undefined) closeSync(fd);
+    if (fd !== undefined) this.transfers.close(fd);
     this.files.delete(lun);
   }
 
   close(): void {
-    for (const fd of this.files.values()) closeSync(fd);
+    for (const fd of this.files.values()) this.transfers.close(fd);
     this.files.clear();
   }
 

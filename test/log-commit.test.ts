@@ -52,6 +52,27 @@ describe("group commit", () => {
     expect(AppendLog.open(path).records).toEqual(range(0, 100));
   });
 
+  test("records appended while a commit is in flight, with no commit waiting for them, stay buffered until one does", async () => {
+    const io = new ProbeIo();
+    const path = newLogPath();
+    const { log } = AppendLog.open(path, { io });
+    const hold = io.holdNextSync();
+    log.append({ i: 0 });
+    const first = log.commit();
+    await hold.started;
+    log.append({ i: 1 }); // nobody commits it yet
+    hold.release();
+    await first;
+    await new Promise((resolve) => setImmediate(resolve)); // a flush the finished one would start begins on a microtask
+    expect(io.writes).toBe(1);
+    expect(log.durableRecords).toBe(1);
+    await log.commit();
+    expect(io.writes).toBe(2);
+    expect(log.durableRecords).toBe(2);
+    await log.close();
+    expect(AppendLog.open(path).records).toEqual(range(0, 2));
+  });
+
   test("commit resolves only after fdatasync completes, and another AppendLog then sees the data", async () => {
     const io = new ProbeIo();
     const path = newLogPath();

@@ -55,4 +55,31 @@ test("pool full: the write needing a segment gets ENOSPC, other disks keep worki
   expect(await writeProbe(spare, 5 * MIB, 0x77)).toBe("ok");
   const after = await nbdPython(spare, `print(h.pread(4096, ${5 * MIB}) == bytes([0x77]) * 4096)`);
   expect(after.trim()).toBe("True");
+
+  // Six segments are free now. Ten first writes sent at once fault together (the controller
+  // resolves them as a batch): six get a segment and four ENOSPC, not all ten.
+  const burst = await system.createDisk("burst", "16M");
+  const outcome = await nbdPython(
+    burst,
+    [
+      "import errno",
+      "buf = nbd.Buffer.from_bytearray(bytearray(b'\\x88' * 4096))",
+      `pending = {h.aio_pwrite(buf, i * ${MIB}): i for i in range(10)}`,
+      "results = {}",
+      "while pending:",
+      "    for cookie, i in list(pending.items()):",
+      "        try:",
+      "            if h.aio_command_completed(cookie):",
+      "                results[i] = 'ok'",
+      "                del pending[cookie]",
+      "        except nbd.Error as e:",
+      "            results[i] = 'ENOSPC' if e.errnum == errno.ENOSPC else e.string",
+      "            del pending[cookie]",
+      "    if pending:",
+      "        h.poll(-1)",
+      "oks = [i for i in range(10) if results[i] == 'ok']",
+      `print(sorted(results.values()).count('ok'), sorted(results.values()).count('ENOSPC'), all(h.pread(4096, i * ${MIB}) == b'\\x88' * 4096 for i in oks))`,
+    ].join("\n"),
+  );
+  expect(outcome.trim()).toBe("6 4 True");
 });

@@ -104,6 +104,10 @@ export class AppendLog {
   private appendCount = 0;
   private durableCount = 0;
   private waiters: CommitWaiter[] = [];
+  /** Flushes stop once this many appends are durable: the most any commit, compaction or close
+   *  waits for. Records nobody waits for yet stay buffered, so a stream of appends does not keep
+   *  one write and fdatasync after another going on its own. */
+  private flushUpTo = 0;
   private flushing: Promise<void> | null = null;
   private flushScheduled = false;
   private compaction: Promise<void> | null = null;
@@ -255,16 +259,17 @@ export class AppendLog {
     if (this.durableCount >= appendsNeeded) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.waiters.push({ appendsNeeded, resolve, reject });
+      this.flushUpTo = Math.max(this.flushUpTo, appendsNeeded);
       this.scheduleFlush();
     });
   }
 
   /**
    * Starts a flush on a microtask, so appends and commits made in the same tick share a batch. A
-   * flush already in flight picks up new pending records itself when it finishes.
+   * flush already in flight picks up pending records itself when it finishes, if they are waited for.
    */
   private scheduleFlush(): void {
-    if (this.flushing || this.flushScheduled || this.pending.length === 0 || this.failure) return;
+    if (this.flushing || this.flushScheduled || !this.flushWanted()) return;
     this.flushScheduled = true;
     queueMicrotask(() => {
       this.flushScheduled = false;
@@ -280,8 +285,12 @@ export class AppendLog {
     return this.flushing;
   }
 
+  private flushWanted(): boolean {
+    return this.pending.length > 0 && !this.failure && this.durableCount < this.flushUpTo;
+  }
+
   private async flushLoop(): Promise<void> {
-    while (this.pending.length > 0 && !this.failure) {
+    while (this.flushWanted()) {
       const batch = this.pending;
       this.pending = [];
       try {
@@ -321,6 +330,7 @@ export class AppendLog {
 
   /** Flushes until nothing is pending or in flight. */
   private async drain(): Promise<void> {
+    this.flushUpTo = this.appendCount;
     while (!this.failure && (this.pending.length > 0 || this.flushing)) await this.runFlush();
     if (this.failure) throw this.failure;
   }

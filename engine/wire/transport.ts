@@ -10,9 +10,10 @@ export interface StreamHandlers {
 }
 
 /**
- * One connected socket. Writes made in the same tick go out as one socket write (many answers and
- * pushes are sent at once: one system call instead of one each); what the kernel did not take is
- * queued and sent on drain.
+ * One connected socket. Writes made in one turn of the event loop go out as one socket write (many
+ * answers and pushes are sent at once: one system call instead of one each; waiting only for the
+ * microtasks to run out would send each answer of a chain of awaits on its own); what the kernel
+ * did not take is queued and sent on drain.
  */
 export class Stream {
   private pending: Uint8Array[] = [];
@@ -28,7 +29,7 @@ export class Stream {
     this.corked.push(bytes);
     if (this.uncorkScheduled) return;
     this.uncorkScheduled = true;
-    queueMicrotask(() => this.uncork());
+    setImmediate(() => this.uncork());
   }
 
   private uncork(): void {

@@ -6,10 +6,11 @@
 // possible: hello and registration, the operations' locking, container health. What agents get
 // and when (pushes, quiesce, leases and fencing) is the real AgentFleet.
 // Compaction is left out (the world compacts the log between incarnations instead).
-import { AgentFleet, type FleetContext } from "../../engine/agent-fleet.ts";
+import { AgentFleet, type FleetContext, adjacentRuns } from "../../engine/agent-fleet.ts";
 import type { AgentLink, AgentPeer, LeaseClock } from "../../engine/agent-link.ts";
 import { HEALTH_CHECK_INTERVAL_MS } from "../../engine/container-health.ts";
 import { appendAndApply, Catalog, parseRecord, type Disk, type DiskMode, type Freed, type LogRecord } from "../../engine/catalog.ts";
+import { FaultQueue } from "../../engine/fault-queue.ts";
 import { FaultResolver, type FaultAnswer } from "../../engine/faults.ts";
 import { AppendLog } from "../../engine/log/append-log.ts";
 import { Pool, type ContainerIo } from "../../engine/pool.ts";
@@ -72,6 +73,7 @@ export class SimController {
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private readonly context: SnapshotContext;
   private readonly faults: FaultResolver;
+  private readonly faultQueue: FaultQueue;
   private readonly clock: LeaseClock;
   private readonly storage: HostStorage;
   private log!: AppendLog;
@@ -103,6 +105,7 @@ export class SimController {
       failpoint: (name) => env.failpoint(name),
     };
     this.faults = new FaultResolver(this.context);
+    this.faultQueue = new FaultQueue(this.familyLocks, this.faults);
     const { scheduler } = env;
     const clock: LeaseClock = { now: () => scheduler.now, after: (ms, run) => scheduler.after(ms, this.life, run) };
     this.clock = clock;
@@ -349,12 +352,7 @@ export class SimController {
   private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">): Promise<FaultAnswer> {
     const disk = this.catalog.disks.get(args.disk);
     if (!disk) return { action: "error", errno: "EIO" };
-    return this.operation(() =>
-      this.familyLocks.run(disk.family, async () => {
-        if (this.catalog.disks.get(disk.id) !== disk) return { action: "error", errno: "EIO" };
-        return this.faults.resolve(disk, args, agent);
-      }),
-    );
+    return this.operation(() => this.faultQueue.submit(disk, args, agent));
   }
 
   private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
@@ -411,14 +409,14 @@ export class SimController {
       return this.agents.pushEntries(disk, segments, options);
     }
     await this.agents.pushEntries(disk, segments, { blocking: true, except: options.except });
-    if (segments.length === 0) return;
-    // The segments of one fault lie in its range, which its answer sets whole: one range will do.
-    const first = Math.min(...segments);
-    const count = Math.max(...segments) - first + 1;
+    // The answers set the faults' ranges whole; the segments of a batch of faults may lie apart,
+    // so each run of adjacent ones is invalidated on its own.
     const faulting = this.agents.agentsOf(disk.id).filter((agent) => agent === options.except);
     await Promise.all(
-      faulting.map((agent) =>
-        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking: true })),
+      faulting.flatMap((agent) =>
+        adjacentRuns(segments).map(([first, count]) =>
+          agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking: true })),
+        ),
       ),
     );
   }
