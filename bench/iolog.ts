@@ -1,19 +1,8 @@
 // fio replay logs (`--read_iolog`) of 4 KiB writes in which every write of a pass is the first one to
 // its segment: the way the first-write benchmark makes each measured write allocate or copy.
 import { writeFileSync } from "node:fs";
+import { seededRandom } from "../engine/util/seeded-random.ts";
 import { WRITE_BYTES } from "./disk-fills.ts";
-
-/** A small seeded PRNG (mulberry32), so every case of one repetition replays the same order. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 export interface ReplayLog {
   segments: number;
@@ -32,7 +21,7 @@ export interface ReplayLog {
 export function writeReplayLog(path: string, jobId: string, log: ReplayLog): number {
   const file = `${jobId}.0.0`;
   const blocksPerSegment = log.segmentBytes / WRITE_BYTES;
-  const next = random(log.seed);
+  const next = seededRandom(log.seed);
   const order = Array.from({ length: log.segments }, (_, i) => i);
   const lines = ["fio version 2 iolog", `${file} add`, `${file} open`];
   for (let pass = 0; pass < log.passes; pass++) {

@@ -3,18 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type LogIo, nodeLogIo } from "../engine/log/append-log.ts";
-
-/** Seeded PRNG (mulberry32): failures reproduce. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from "../engine/util/seeded-random.ts";
 
 export function randomInt(random: () => number, lowInclusive: number, highExclusive: number): number {
   return lowInclusive + Math.floor(random() * (highExclusive - lowInclusive));

@@ -3,6 +3,7 @@
 // Bun Workers and a seeded randomized comparison of the two implementations.
 import { describe, expect, test } from "bun:test";
 import { AssertionError } from "../engine/util/assert.ts";
+import { seededRandom } from "../engine/util/seeded-random.ts";
 import {
   ENTRY_NO_WRITE,
   ENTRY_VALID,
@@ -441,24 +442,12 @@ describe("concurrency", () => {
   });
 });
 
-/** mulberry32: a small seeded generator, so failures reproduce. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let x = state;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 describe("randomized", () => {
   test("wasm and reference agree over random operations", async () => {
     const wasm = await SharedTables.create();
     const reference = new ReferenceTables();
     const both = [wasm, reference] as const;
-    const rand = random(20261101);
+    const rand = seededRandom(20261101);
     const int = (n: number) => Math.floor(rand() * n);
     const entries = 2 ** 19 + 3000; // two mids, a ragged last leaf
     const hotSpots = [0, 511, 512, 2 ** 18, 2 ** 19 - 1, 2 ** 19, entries - 1];
