@@ -10,7 +10,9 @@ import { Lease } from "./lease.ts";
 import { UncommittedChanges } from "./uncommitted.ts";
 import { BatchingPort, onMessages } from "./thread-port.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
-import { nbdUri, type Address } from "../engine/util/address.ts";
+import { formatAddress, nbdUri, type Address } from "../engine/util/address.ts";
+import { assert } from "../engine/util/assert.ts";
+import { PortClaim } from "./port-claim.ts";
 import {
   agentRequests,
   controllerRequests,
@@ -36,14 +38,18 @@ const LEASE_RENEWALS_PER_TERM = 4;
 const RECONNECT_DELAY_MAX_MS = 2_000;
 /** The errors a host can get for a request the main thread handled. */
 type HostErrno = NonNullable<Extract<ToWorker, { type: "resume" }>["errno"]>;
-/** Answers to hello that trying again cannot change. */
-const REFUSALS_FOR_GOOD = new Set(["EACCES", "EVERSION"]);
+/** Answers to hello that trying again cannot change (EBUSY: another process has this agent id). */
+const REFUSALS_FOR_GOOD = new Set(["EACCES", "EVERSION", "EBUSY"]);
+/** While the controller cannot be reached, the agent says so this often. */
+const UNREACHABLE_REPORT_MS = 5_000;
 
 export interface AgentOptions {
   id: string;
   control: Address;
   /** The controller's control secret (engine/secret.ts). */
   secret: string;
+  /** Where the secret came from, for the error when the controller refuses it. */
+  secretOrigin?: string;
   nbd: Address;
   workers?: number;
   /** R8: without a renewed lease for this long the agent stops I/O (default LEASE_MS_DEFAULT). */
@@ -79,6 +85,11 @@ export class Agent {
   private readonly uncommitted = new UncommittedChanges();
   private readonly commitTimers = new Map<number, Timer>();
   private readonly refusalListeners: ((error: RemoteError) => void)[] = [];
+  /** Host connections that have each disk open, over every worker. */
+  private readonly openConnections = new Map<number, number>();
+  /** This process's name for itself in hello (see the hello message). */
+  private readonly instance = crypto.randomUUID();
+  private portClaim: PortClaim | null = null;
   private readonly say: (line: string) => void;
 
   private constructor(
@@ -93,7 +104,12 @@ export class Agent {
 
   static async start(options: AgentOptions): Promise<Agent> {
     const agent = new Agent(options, await SharedTables.create(), InflightTracker.create());
-    await agent.startWorkers(Math.min(WORKERS_MAX, options.workers ?? Math.min(availableParallelism(), 4)));
+    try {
+      await agent.startWorkers(Math.min(WORKERS_MAX, options.workers ?? Math.min(availableParallelism(), 4)));
+    } catch (error) {
+      await agent.stop();
+      throw error;
+    }
     agent.connectLoop();
     return agent;
   }
@@ -140,6 +156,7 @@ export class Agent {
       ),
     );
     for (const worker of this.workers) worker.terminate();
+    this.portClaim?.release();
     this.stopping = true;
     clearTimeout(this.leaseTimer);
     for (const timer of this.commitTimers.values()) clearTimeout(timer);
@@ -151,6 +168,8 @@ export class Agent {
   private async startWorkers(count: number): Promise<void> {
     const nbd = this.options.nbd;
     if (nbd.kind === "unix") await removeStaleSocket(nbd.path);
+    // Port 0 is a port nobody serves yet; the first worker picks it and the others join it.
+    else if (nbd.port !== 0) this.portClaim = PortClaim.take(nbd);
     for (let index = 0; index < count; index += 1) {
       const listen: NbdListen[] = [];
       if (nbd.kind === "unix") {
@@ -216,6 +235,13 @@ export class Agent {
     if (message.type === "sync") {
       // Messages to a worker arrive in order, so it has the latest exports when it gets this.
       this.post(worker, { type: "resume", request: message.request });
+      return;
+    }
+    if (message.type === "connections") {
+      const count = (this.openConnections.get(message.disk) ?? 0) + message.delta;
+      assert(count >= 0, `disk ${message.disk}: more connections closed than opened`);
+      if (count === 0) this.openConnections.delete(message.disk);
+      else this.openConnections.set(message.disk, count);
       return;
     }
     if (message.type === "storage-error") {
@@ -324,9 +350,24 @@ export class Agent {
 
   private async connectLoop(): Promise<void> {
     let delay = RECONNECT_DELAY_MIN_MS;
+    let unreachableSaidAt = -Infinity;
     while (!this.stopping) {
+      let stream;
       try {
-        const stream = await connect(this.options.control);
+        stream = await connect(this.options.control);
+      } catch (error) {
+        // Said at once, then every few seconds: an agent that only waits looks like one that works.
+        if (performance.now() - unreachableSaidAt >= UNREACHABLE_REPORT_MS) {
+          unreachableSaidAt = performance.now();
+          this.say(`agent ${this.options.id}: cannot reach the controller at ${formatAddress(this.options.control)} (${(error as Error).message}); still trying`);
+        }
+        if (this.stopping) return;
+        await this.sleep(delay);
+        delay = Math.min(RECONNECT_DELAY_MAX_MS, delay * 2);
+        continue;
+      }
+      unreachableSaidAt = -Infinity;
+      try {
         const peer: ControllerPeer = new Peer(stream, agentRequests, controllerRequests);
         peer.serve((op, args) => this.serveCommand(op, args));
         const closed = new Promise<Error>((resolve) => peer.onClosed(resolve));
@@ -340,6 +381,7 @@ export class Agent {
           role: "agent",
           secret: this.options.secret,
           agentId: this.options.id,
+          instance: this.instance,
           leaseMs: this.leaseMs,
           nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
         });
@@ -355,17 +397,24 @@ export class Agent {
         if (!this.stopping) this.say(`agent ${this.options.id}: lost the controller (${error.message}); reconnecting`);
       } catch (error) {
         if (error instanceof RemoteError) {
-          this.say(`agent ${this.options.id}: controller refused: ${error.message}`);
+          const origin = error.code === "EACCES" && this.options.secretOrigin ? ` (the secret came from ${this.options.secretOrigin})` : "";
+          this.say(`agent ${this.options.id}: controller refused: ${error.message}${origin}`);
           if (REFUSALS_FOR_GOOD.has(error.code)) {
-            for (const listener of this.refusalListeners) listener(error);
+            const refusal = new RemoteError(error.code, `${error.message}${origin}`);
+            for (const listener of this.refusalListeners) listener(refusal);
             return;
           }
         }
       }
       if (this.stopping) return;
-      await new Promise((resolve) => setTimeout(resolve, delay));
+      await this.sleep(delay);
       delay = Math.min(RECONNECT_DELAY_MAX_MS, delay * 2);
     }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    // Unref'd: a stopping agent does not wait for its next attempt.
+    return new Promise((resolve) => setTimeout(resolve, ms).unref());
   }
 
   // ---- Lease (R8) ----
@@ -444,6 +493,10 @@ export class Agent {
         const table = this.table(disk);
         checkRange(table, first, count);
         return { words: Array.from({ length: count }, (_, i) => this.shared.getEntry(table.slot, first + i)) };
+      }
+      case "get_connections": {
+        const { disk } = args as ArgsOf<AgentRequests, "get_connections">;
+        return { count: this.openConnections.get(disk) ?? 0 };
       }
       case "get_status": {
         const { disk, first, count } = args as ArgsOf<AgentRequests, "get_status">;

@@ -66,6 +66,8 @@ interface Stop {
 export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; length: number } & Stop) => Promise<void>;
 /** How a worker has the mapping changes its writes to `disk` relied on committed (at FLUSH). */
 export type CommitSender = (disk: number) => Promise<void>;
+/** Told when a host connection opens (+1) or closes (-1) an export of `disk`. */
+export type OpenCounter = (disk: number, delta: 1 | -1) => void;
 
 export class MappedBackend implements NbdBackend {
   private readonly byName = new Map<string, ExportEntry>();
@@ -81,6 +83,7 @@ export class MappedBackend implements NbdBackend {
     readonly files: ContainerFiles,
     readonly sendFault: FaultSender,
     readonly sendCommit: CommitSender,
+    readonly countOpen: OpenCounter,
   ) {}
 
   /** Resolves at the next activate (the caller then looks at its gate again). */
@@ -133,6 +136,7 @@ class MappedExport implements ExportHandle {
   ) {
     this.info = infoOf(entry);
     this.disk = entry.disk;
+    backend.countOpen(this.disk, 1);
   }
 
   read(offset: number, into: Uint8Array): Uint32Array | undefined | Promise<Uint32Array | undefined> {
@@ -160,7 +164,14 @@ class MappedExport implements ExportHandle {
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
+    this.checkWritable();
     return this.durableIf(fua, this.writeData(offset, data, fua));
+  }
+
+  /** A connection opened before the disk was protected still has a writable export: the current
+   *  table's read-only flag refuses its writes (the NBD layer refuses them for later ones). */
+  private checkWritable(): void {
+    if (this.entry().readOnly) throw new NbdError("EPERM", `disk ${this.info.name} is protected (read-only)`);
   }
 
   private writeData(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
@@ -185,6 +196,7 @@ class MappedExport implements ExportHandle {
   }
 
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): void | Promise<void> {
+    this.checkWritable();
     return this.durableIf(fua, this.zeroes(offset, length, fua, noHole));
   }
 
@@ -234,6 +246,7 @@ class MappedExport implements ExportHandle {
   /** TRIM unmaps the whole segments of the range (they read as zeros afterwards); partial
    *  segments are left as they are, which the protocol allows. */
   trim(offset: number, length: number): void | Promise<void> {
+    this.checkWritable();
     const whole = this.wholeSegments(offset, length);
     if (whole) return this.unmap(whole.first, whole.last, offset, length);
   }
@@ -275,7 +288,9 @@ class MappedExport implements ExportHandle {
     });
   }
 
-  close(): void {}
+  close(): void {
+    this.backend.countOpen(this.disk, -1);
+  }
 
   private entry(): ExportEntry {
     const entry = this.backend.current(this.disk);

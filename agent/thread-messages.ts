@@ -59,6 +59,8 @@ export type FromWorker =
       offset: number;
       length: number;
     }
+  /** A host connection opened (+1) or closed (-1) an export of `disk`. */
+  | { type: "connections"; disk: number; delta: 1 | -1 }
   /** A FLUSH of `disk`: the mapping changes its writes relied on must be committed first. */
   | { type: "commit"; request: number; disk: number }
   /** The table was replaced or deleted under a lookup: answer once the worker has the new exports. */

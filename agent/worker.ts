@@ -10,6 +10,7 @@ import { NbdError } from "./nbd/backend.ts";
 import { startNbdServer, type NbdServer } from "./nbd/server.ts";
 import type { FromWorker, ToWorker } from "./thread-messages.ts";
 import { BatchingPort, onMessages } from "./thread-port.ts";
+import { listenError } from "../engine/util/address.ts";
 
 declare const self: Worker;
 
@@ -51,10 +52,16 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
       return ask({ type: "fault", request, ...rest });
     },
     (disk) => ask({ type: "commit", request: nextRequest++, disk }),
+    (disk, delta) => post({ type: "connections", disk, delta }),
   );
   let tcpPort: number | undefined;
   for (const listen of message.listen) {
-    const server = await startNbdServer({ backend, listen, log: (line) => console.error(`nbd: ${line}`) });
+    let server: NbdServer;
+    try {
+      server = await startNbdServer({ backend, listen, log: (line) => console.error(`nbd: ${line}`) });
+    } catch (error) {
+      throw listenError(listen.kind === "unix" ? listen : { kind: "tcp", host: listen.host, port: listen.port }, error);
+    }
     servers.push(server);
     if (listen.kind === "tcp") tcpPort = server.port;
   }

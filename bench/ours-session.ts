@@ -3,7 +3,7 @@
 // fills through fio, and sections whose failures are recorded while the rest goes on.
 import { join } from "node:path";
 import { ControllerClient } from "../ctl/client.ts";
-import { readSecret } from "../engine/secret.ts";
+import { secretFromFile } from "../engine/secret.ts";
 import type { ArgsOf, ControllerRequests, ResultOf } from "../engine/wire/messages.ts";
 import { type Fill, fillJob } from "./disk-fills.ts";
 import { runFio } from "./fio-jobs.ts";
@@ -46,7 +46,7 @@ export class OursSession {
   static async start(dir: string, lunBytes: number, verbose: boolean): Promise<OursSession> {
     const ours = await startOursInstance({ dir, transport: "unix", diskBytes: lunBytes, verbose }, lunBytes);
     try {
-      const client = await withTimeout("connecting to the controller", ControllerClient.open(ours.control, readSecret(ours.secretFile)), REQUEST_TIMEOUT_MS);
+      const client = await withTimeout("connecting to the controller", ControllerClient.open(ours.control, secretFromFile(ours.secretFile)), REQUEST_TIMEOUT_MS);
       return new OursSession(dir, ours, client);
     } catch (error) {
       await ours.stop();

@@ -1,6 +1,7 @@
 // The long-running commands: `ctl up`, `ctl controller`, `ctl agent`. Each runs in the foreground
 // until SIGINT or SIGTERM, then stops its parts in order and exits.
 import { Agent } from "../agent/agent.ts";
+import { PortClaim } from "../agent/port-claim.ts";
 import { Controller } from "../engine/controller.ts";
 import { formatAddress, nbdUri, parseAddress } from "../engine/util/address.ts";
 
@@ -44,42 +45,60 @@ function startController(options: ControllerFlags): Promise<Controller> {
 }
 
 export async function runUp(options: ControllerFlags & { nbd: string; workers?: number; lease?: number }): Promise<void> {
+  // A busy NBD port is found before the controller touches the data directory (the agent claims
+  // the port for good when it starts).
+  const nbd = parseAddress(options.nbd);
+  if (nbd.kind === "tcp" && nbd.port !== 0) PortClaim.take(nbd).release();
   const controller = await startController(options);
   const agent = await Agent.start({
     id: "local",
     control: controller.address,
     secret: controller.secret,
-    nbd: parseAddress(options.nbd),
+    nbd,
     workers: options.workers,
     leaseMs: options.lease,
   });
+  // Handlers first: a signal after "ready:" always stops the parts in order.
+  const stopped = runUntilSignal([controller, agent]);
   // Registration loads every table, so once connected the agent knows all current exports.
   await agent.whenConnected();
   for (const name of agent.exportNames()) console.log(nbdUri(agent.address, name));
   agent.onExport((_, uri) => console.log(uri));
   console.error(`ready: controller ${formatAddress(controller.address)}, NBD ${formatAddress(agent.address)}`);
-  await runUntilSignal([controller, agent]);
+  await stopped;
 }
 
 export async function runController(options: ControllerFlags): Promise<void> {
   const controller = await startController(options);
-  console.error(`ready: controller ${options.control}`);
-  await runUntilSignal([controller]);
+  const stopped = runUntilSignal([controller]);
+  console.error(`ready: controller ${formatAddress(controller.address)}`);
+  await stopped;
 }
 
-export async function runAgent(options: { id: string; nbd: string; control: string; secret: string; workers?: number; lease?: number }): Promise<void> {
+export async function runAgent(options: {
+  id: string;
+  nbd: string;
+  control: string;
+  secret: string;
+  secretOrigin: string;
+  workers?: number;
+  lease?: number;
+}): Promise<void> {
   const agent = await Agent.start({
     id: options.id,
     control: parseAddress(options.control),
     secret: options.secret,
+    secretOrigin: options.secretOrigin,
     nbd: parseAddress(options.nbd),
     workers: options.workers,
     leaseMs: options.lease,
   });
   const refused = new Promise<never>((_, reject) => agent.onRefused(reject));
-  console.error(`ready: agent ${options.id}, NBD ${options.nbd}`);
+  const stopped = runUntilSignal([agent]);
+  // Ready once registered; until then the agent says every few seconds that it cannot reach the controller.
+  agent.whenConnected().then(() => console.error(`ready: agent ${options.id}, NBD ${formatAddress(agent.address)}`));
   try {
-    await Promise.race([runUntilSignal([agent]), refused]);
+    await Promise.race([stopped, refused]);
   } catch (error) {
     await agent.stop();
     throw new Error(`the controller refused agent ${options.id}: ${(error as Error).message}`);

@@ -8,6 +8,8 @@ import { RequestError } from "./wire/peer.ts";
 
 /** How long past its own time limit an agent may take to answer quiesce, or to answer activate. */
 export const QUIESCE_ANSWER_GRACE_MS = 1_000;
+/** How long an agent may take to say how many hosts have a disk open. */
+export const CONNECTIONS_ANSWER_MS = 2_000;
 
 export interface FleetContext {
   readonly catalog: Catalog;
@@ -72,9 +74,18 @@ export class AgentFleet {
    * dropped every entry it held before it said hello, so a link it had before (cut off, or known
    * from before a restart) ends now; a link still connected ends only with its lease.
    */
-  async register(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
+  async register(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
     const before = this.links.get(id);
-    const agent = this.newLink(id, nbd, peer, leaseMs);
+    // Two processes with one id would take the registration from each other in turn, each
+    // dropping the other's tables: while the one registered holds a live lease, another is refused.
+    if (before?.connected && before.instance !== instance && before.leaseLive()) {
+      throw new RequestError(
+        "EBUSY",
+        `agent id "${id}" is in use by another agent process (NBD ${before.nbd}); give this one another --id, or stop the other`,
+        true,
+      );
+    }
+    const agent = this.newLink(id, nbd, peer, leaseMs, instance);
     this.links.set(id, agent);
     if (before?.connected) {
       before.peer!.close();
@@ -89,7 +100,7 @@ export class AgentFleet {
 
   async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
     await agent.call((peer) =>
-      peer.request("new_table", { disk: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift, readOnly: false }),
+      peer.request("new_table", { disk: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift, readOnly: disk.protected }),
     );
     agent.disks.add(disk.id);
   }
@@ -165,13 +176,28 @@ export class AgentFleet {
     );
   }
 
+  /** The connected agents on which hosts have `disk` open, with how many connections (null: the
+   *  agent did not answer in time). An agent cut off is not asked: its lease fences it. */
+  async connectionsTo(disk: Disk): Promise<{ agent: string; count: number | null }[]> {
+    const asked = this.agentsOf(disk.id).filter((agent) => agent.connected);
+    const counts = await Promise.all(
+      asked.map((agent) =>
+        this.withDeadline(agent.peer!.request("get_connections", { disk: disk.id }), CONNECTIONS_ANSWER_MS, "no answer").then(
+          (answer) => answer.count,
+          () => null,
+        ),
+      ),
+    );
+    return asked.flatMap((agent, i) => (counts[i] === 0 ? [] : [{ agent: agent.id, count: counts[i]! }]));
+  }
+
   /** Ends every link (the controller stops). */
   endAll(): void {
     for (const agent of this.links.values()) agent.end();
   }
 
-  private newLink(id: string, nbd: string, peer: AgentPeer | null, leaseMs: number): AgentLink {
-    return new AgentLink(id, nbd, peer, leaseMs, (link) => this.fence(link), this.clock);
+  private newLink(id: string, nbd: string, peer: AgentPeer | null, leaseMs: number, instance = ""): AgentLink {
+    return new AgentLink(id, instance, nbd, peer, leaseMs, (link) => this.fence(link), this.clock);
   }
 
   /**

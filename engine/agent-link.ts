@@ -38,6 +38,8 @@ export class AgentLink {
 
   constructor(
     readonly id: string,
+    /** The agent process's own name for itself ("" for one known only from before a restart). */
+    readonly instance: string,
     /** The agent's NBD address, as it announced it ("" until it does). */
     readonly nbd: string,
     readonly peer: AgentPeer | null,
@@ -52,6 +54,11 @@ export class AgentLink {
 
   get connected(): boolean {
     return this.peer !== null && !this.peer.isClosed;
+  }
+
+  /** Whether the lease has not run out yet (renewals counted). */
+  leaseLive(): boolean {
+    return this.renewedAt + this.leaseMs + LEASE_GRACE_MS > this.clock.now();
   }
 
   /** Ends the link: whatever waits for this agent goes on. */

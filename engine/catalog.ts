@@ -3,7 +3,7 @@
 // recovery (replaying the log), so the two can never disagree.
 import { DiskTable } from "./disk-table.ts";
 import { RefCounts } from "./refcounts.ts";
-import { AGENTS_MAX, DISK_MODES, LEASE_MS_MAX, LUN_FAILURE_LENGTH_MAX, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
+import { AGENTS_MAX, DISK_MODES, LEASE_MS_MAX, LUN_FAILURE_LENGTH_MAX, DISKS_MAX, NAME_LENGTH_MAX, NAME_PATTERN, NAME_RULE, PATH_LENGTH_MAX, RUNS_PER_MESSAGE_MAX } from "./wire/messages.ts";
 import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./wire/schema.ts";
 import { assert } from "./util/assert.ts";
 import {
@@ -26,7 +26,7 @@ const highWaterRecord = object({ t: oneOf("hwm"), lun: uint(4095), bytes: uint()
 const lunHealthRecord = object({ t: oneOf("lunhealth"), lun: uint(4095), failed: optional(str(LUN_FAILURE_LENGTH_MAX)) });
 export type DiskMode = (typeof DISK_MODES)[number];
 const diskId = uint(2 ** 32 - 1);
-const diskName = str(NAME_LENGTH_MAX, NAME_PATTERN);
+const diskName = str(NAME_LENGTH_MAX, NAME_PATTERN, NAME_RULE);
 
 const diskRecord = object({
   t: oneOf("disk"),
@@ -38,7 +38,17 @@ const diskRecord = object({
   /** The disk this one was snapshotted from, and the family of disks that may share segments. */
   parent: optional(diskId),
   family: optional(diskId),
+  /** Written by compaction: the live disks it descends from, nearest first (default: the parent's
+   *  line), the name its parent had when it was deleted, and whether it is protected. */
+  ancestors: optional(array(diskId, DISKS_MAX)),
+  deletedParent: optional(diskName),
+  protected: optional(bool),
 });
+/** Written by compaction: disk ids below `next` were used (deleted disks' too), so a new disk never
+ *  takes the id a snapshot's parent had. */
+const diskIdsRecord = object({ t: oneOf("diskids"), next: diskId });
+/** A disk protected (on) or no longer: protected disks are read-only and cannot be deleted. */
+const protectRecord = object({ t: oneOf("protect"), disk: diskId, on: bool });
 const deleteDiskRecord = object({ t: oneOf("rmdisk"), id: diskId });
 const mapRecord = object({
   t: oneOf("map"),
@@ -51,7 +61,7 @@ const noWriteRecord = object({ t: oneOf("nw"), disks: array(diskId, DISKS_MAX) }
 /** Step 330: new disks whose tables are copies of their sources' (No-write included). */
 const cloneRecord = object({
   t: oneOf("clone"),
-  disks: array(object({ source: diskId, id: diskId, name: diskName, mode: oneOf(...DISK_MODES) }), DISKS_MAX),
+  disks: array(object({ source: diskId, id: diskId, name: diskName, mode: oneOf(...DISK_MODES), protected: optional(bool) }), DISKS_MAX),
 });
 /** The agents (hosts) a disk is presented to (R7); a disk never given a list is presented to all. */
 const presentRecord = object({ t: oneOf("present"), disk: diskId, agents: array(diskName, AGENTS_MAX) });
@@ -78,7 +88,9 @@ export type LogRecord =
   | Infer<typeof rollbackRecord>
   | Infer<typeof presentRecord>
   | Infer<typeof agentRecord>
-  | Infer<typeof agentGoneRecord>;
+  | Infer<typeof agentGoneRecord>
+  | Infer<typeof diskIdsRecord>
+  | Infer<typeof protectRecord>;
 
 const recordSchemas: Record<string, Schema<LogRecord>> = {
   lun: lunRecord,
@@ -93,6 +105,8 @@ const recordSchemas: Record<string, Schema<LogRecord>> = {
   present: presentRecord,
   agent: agentRecord,
   agentgone: agentGoneRecord,
+  diskids: diskIdsRecord,
+  protect: protectRecord,
 };
 
 export interface Lun {
@@ -112,7 +126,14 @@ export interface Disk {
   size: number;
   segmentShift: number;
   mode: DiskMode;
+  /** The disk this one was snapshotted from (it may be deleted since: see deletedParent). */
   parent: number | null;
+  /** The name the parent had when it was deleted, or null while it exists (or there is none). */
+  deletedParent: string | null;
+  /** The live disks this one descends from, nearest first: a rollback takes only a descendant. */
+  ancestors: number[];
+  /** Read-only for hosts; cannot be deleted or rolled back over until unprotected. */
+  protected: boolean;
   /** Disks of one family (a disk and its snapshots and clones) are the only ones that share segments. */
   family: number;
   /** Agent ids the disk is presented to, or null: every agent. */
@@ -204,6 +225,9 @@ export class Catalog {
           segmentShift: record.segmentShift,
           mode: record.mode ?? "forward",
           parent: record.parent ?? null,
+          deletedParent: record.deletedParent ?? null,
+          ancestors: record.ancestors ?? this.lineOf(record.parent),
+          protected: record.protected ?? false,
           family: record.family ?? record.id,
           exports: null,
           table: new DiskTable(Math.ceil(record.size / 2 ** record.segmentShift)),
@@ -213,8 +237,19 @@ export class Catalog {
         const disk = this.disk(record.id);
         for (const [, word] of disk.table.locations()) this.release(word, disk.segmentShift, freed);
         this.disks.delete(record.id);
+        // Its snapshots and clones keep their line: the parent's name, and the ancestors above it.
+        for (const other of this.disks.values()) {
+          if (other.parent === disk.id) other.deletedParent = disk.name;
+          other.ancestors = other.ancestors.filter((id) => id !== disk.id);
+        }
         break;
       }
+      case "diskids":
+        this.nextDiskId = Math.max(this.nextDiskId, record.next);
+        break;
+      case "protect":
+        this.disk(record.disk).protected = record.on;
+        break;
       case "map": {
         const disk = this.disk(record.disk);
         let index = record.first;
@@ -233,11 +268,22 @@ export class Catalog {
         }
         break;
       case "clone":
-        for (const { source, id, name, mode } of record.disks) {
+        for (const { source, id, name, mode, protected: isProtected } of record.disks) {
           const from = this.disk(source);
           assert(!this.disks.has(id), `disk ${id} created twice`);
           const exports = from.exports && [...from.exports];
-          const disk: Disk = { ...from, id, name, mode, parent: from.id, exports, table: new DiskTable(from.table.entryCount) };
+          const disk: Disk = {
+            ...from,
+            id,
+            name,
+            mode,
+            parent: from.id,
+            deletedParent: null,
+            ancestors: this.lineOf(from.id),
+            protected: isProtected ?? false,
+            exports,
+            table: new DiskTable(from.table.entryCount),
+          };
           disk.table.copyFrom(from.table);
           for (const [, word] of disk.table.locations()) this.refs.add(entryContainer(word), entryOffsetBytes(word), 1);
           this.addDisk(disk);
@@ -257,6 +303,17 @@ export class Catalog {
       }
     }
     return freed;
+  }
+
+  /** The line of a disk made from `parent`: the parent and every live disk above it. */
+  private lineOf(parent: number | undefined): number[] {
+    const from = parent === undefined ? undefined : this.disks.get(parent);
+    return from ? [from.id, ...from.ancestors] : [];
+  }
+
+  /** The live disks made from `disk` (snapshots and clones of it). */
+  childrenOf(disk: Disk): Disk[] {
+    return [...this.disks.values()].filter((other) => other.parent === disk.id);
   }
 
   private addDisk(disk: Disk): void {
@@ -308,6 +365,7 @@ export class Catalog {
 
   /** The records that recreate the current state: what compaction writes. */
   *snapshot(): Generator<LogRecord> {
+    yield { t: "diskids", next: this.nextDiskId };
     for (const lun of this.luns.values()) {
       yield { t: "lun", id: lun.id, path: lun.path, size: lun.size, knownZero: true };
       yield { t: "hwm", lun: lun.id, bytes: lun.highWater };
@@ -326,6 +384,9 @@ export class Catalog {
         mode: disk.mode,
         parent: disk.parent ?? undefined,
         family: disk.family,
+        ancestors: disk.ancestors,
+        deletedParent: disk.deletedParent ?? undefined,
+        protected: disk.protected || undefined,
       };
       if (disk.exports) yield { t: "present", disk: disk.id, agents: disk.exports };
       let batch: MapRecord | null = null;

@@ -1,7 +1,8 @@
 // The controller: owns the persistent tables (R4), serves ctl requests and agents' faults (R5),
 // and pushes table changes to every agent mapping a disk (R6).
 import { existsSync, mkdirSync, statSync, closeSync, openSync, ftruncateSync, fsyncSync } from "node:fs";
-import { dirname, join, resolve as resolvePath } from "node:path";
+import { dirname, isAbsolute, join, resolve as resolvePath } from "node:path";
+import { lockDataDir, type DataLock } from "./data-lock.ts";
 import { AppendLog } from "./log/append-log.ts";
 import { fsyncDirSync } from "./log/log-io.ts";
 import { appendAndApply, Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
@@ -109,6 +110,7 @@ export class Controller {
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private listener: Listener | null = null;
   private log!: AppendLog;
+  private dataLock: DataLock | null = null;
   private controlSecret = "";
   private readonly health = new ContainerHealth();
   private healthTimer: Timer | undefined;
@@ -126,7 +128,12 @@ export class Controller {
 
   static async start(options: ControllerOptions): Promise<Controller> {
     const controller = new Controller(options);
-    await controller.open();
+    try {
+      await controller.open();
+    } catch (error) {
+      await controller.stop();
+      throw error;
+    }
     return controller;
   }
 
@@ -150,11 +157,13 @@ export class Controller {
     await this.compacting;
     await this.log?.close();
     this.pool.close();
+    this.dataLock?.release();
   }
 
   private async open(): Promise<void> {
     const dataDir = resolvePath(this.options.dataDir);
     mkdirSync(dataDir, { recursive: true });
+    this.dataLock = lockDataDir(dataDir);
     this.controlSecret = ensureSecret(this.options.secretFile ?? join(dataDir, SECRET_FILE));
     const { log, records, recovery } = AppendLog.open(join(dataDir, LOG_FILE));
     this.log = log;
@@ -209,7 +218,7 @@ export class Controller {
         if (role === "agent") {
           if (!hello.agentId || !hello.nbd) throw new RequestError("EINVAL", "an agent must give agentId and nbd", true);
           if (hello.leaseMs !== undefined && hello.leaseMs < LEASE_MS_MIN) throw new RequestError("EINVAL", `a lease of ${hello.leaseMs} ms is shorter than ${LEASE_MS_MIN} ms`, true);
-          agent = await this.registerAgent(hello.agentId, hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
+          agent = await this.registerAgent(hello.agentId, hello.instance ?? "", hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
         }
         return { version: PROTOCOL_VERSION, controller: "tabledisk" };
       }
@@ -240,11 +249,11 @@ export class Controller {
   }
 
   /** Registers an agent and loads it (containers, then a table per disk) before hello is answered. */
-  private async registerAgent(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
+  private async registerAgent(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
     if (!this.catalog.agents.has(id) && this.catalog.agents.size >= AGENTS_MAX) {
       throw new RequestError("ENOSPC", `the limit of ${AGENTS_MAX} agents is reached`, true);
     }
-    const agent = await this.agents.register(id, nbd, leaseMs, peer);
+    const agent = await this.agents.register(id, instance, nbd, leaseMs, peer);
     await this.catalogLock.run("catalog", async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
       for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) await this.agents.sendTable(agent, disk);
@@ -262,7 +271,9 @@ export class Controller {
       case "disk.info":
         return this.summary(this.diskNamed((args as { name: string }).name));
       case "disk.delete":
-        return this.deleteDisk((args as { name: string }).name);
+        return this.deleteDisk(args as ArgsOf<ControllerRequests, "disk.delete">);
+      case "disk.protect":
+        return this.protectDisk(args as ArgsOf<ControllerRequests, "disk.protect">);
       case "snapshot.create":
         return this.createSnapshot(args as ArgsOf<ControllerRequests, "snapshot.create">);
       case "snapshot.group":
@@ -273,6 +284,8 @@ export class Controller {
         return this.diffDisks(args as ArgsOf<ControllerRequests, "disk.diff">);
       case "lun.add": {
         const { path, size } = args as ArgsOf<ControllerRequests, "lun.add">;
+        // ctl resolves a relative path in its own working directory; the controller's means nothing to the user.
+        if (!isAbsolute(path)) throw new RequestError("EINVAL", `Cannot add ${path}: the path must be absolute`);
         return this.catalogLock.run("catalog", () => this.addLun(resolvePath(path), size));
       }
       case "check":
@@ -284,10 +297,8 @@ export class Controller {
       case "agent.list":
         return this.agentSummaries();
       case "disk.export":
-      case "disk.unexport": {
-        const { name, agent } = args as ArgsOf<ControllerRequests, "disk.export">;
-        return this.present(name, agent, op === "disk.export");
-      }
+      case "disk.unexport":
+        return this.present(args as ArgsOf<ControllerRequests, "disk.export">, op === "disk.export");
       case "status":
         return this.status();
       default:
@@ -311,7 +322,10 @@ export class Controller {
       size: disk.size,
       segmentSize,
       mode: disk.mode,
-      parent: disk.parent === null ? undefined : this.catalog.disks.get(disk.parent)?.name,
+      parent: disk.deletedParent ?? (disk.parent === null ? undefined : this.catalog.disks.get(disk.parent)?.name),
+      // (A log from before deleted parents were named knows only that the parent is gone.)
+      parentDeleted: (disk.parent !== null && !this.catalog.disks.has(disk.parent)) || undefined,
+      protected: disk.protected,
       exports: disk.exports ?? undefined,
       allocatedBytes: disk.table.locatedCount * segmentSize,
       exclusiveBytes: exclusive * segmentSize,
@@ -392,7 +406,7 @@ export class Controller {
     }
   }
 
-  private async createDisk(args: ArgsOf<ControllerRequests, "disk.create">): Promise<DiskSummary> {
+  private async createDisk(args: ArgsOf<ControllerRequests, "disk.create">): Promise<ResultOf<ControllerRequests, "disk.create">> {
     const segmentSize = args.segmentSize ?? DEFAULT_SEGMENT_BYTES;
     const shift = Math.log2(segmentSize);
     const refuse = (why: string) => new RequestError("EINVAL", `Cannot create disk "${args.name}": ${why}`);
@@ -409,13 +423,41 @@ export class Controller {
       await this.persistRecords([{ t: "disk", id, name: args.name, size: args.size, segmentShift: shift, mode: args.mode ?? "forward" }]);
       const disk = this.catalog.disk(id);
       await this.agents.exportDisk(disk);
-      return this.summary(disk);
+      return { ...this.summary(disk), warning: this.overcommitWarning(disk) };
     });
   }
 
-  private async deleteDisk(name: string): Promise<{ freedBytes: number }> {
+  /** Thin disks may be larger than the pool (as LVM thin volumes may); a disk larger than the space
+   *  still free is accepted with a warning, since writes fail with ENOSPC once the pool is full. */
+  private overcommitWarning(disk: Disk): string | undefined {
+    const { freeBytes, provisionedBytes, sizeBytes } = this.poolFigures();
+    if (disk.size <= freeBytes) return undefined;
+    return (
+      `disk ${disk.name} (${formatSize(disk.size)}) is larger than the pool's free space (${formatSize(freeBytes)}); ` +
+      `the pool is overcommitted ${overcommitRatio(provisionedBytes, sizeBytes).toFixed(2)}x: writes fail with ENOSPC once it is full (add storage with ctl lun add)`
+    );
+  }
+
+  private poolFigures(): ResultOf<ControllerRequests, "status">["pool"] {
+    const luns = [...this.catalog.luns.values()];
+    const sizeBytes = luns.reduce((sum, lun) => sum + lun.size, 0);
+    const usedBytes = luns.reduce((sum, lun) => sum + this.pool.usedBytes(lun.id), 0);
+    const freeBytes = luns.reduce((sum, lun) => sum + (lun.failed === null ? this.pool.freeBytes(lun.id) : 0), 0);
+    let provisionedBytes = 0;
+    for (const disk of this.catalog.disks.values()) provisionedBytes += disk.size;
+    return { sizeBytes, usedBytes, freeBytes, containers: luns.length, provisionedBytes, overcommit: overcommitRatio(provisionedBytes, sizeBytes) };
+  }
+
+  private async deleteDisk({ name, force }: ArgsOf<ControllerRequests, "disk.delete">): Promise<{ freedBytes: number }> {
     return this.catalogLock.run("catalog", async () => {
       const disk = this.diskNamed(name);
+      const refuse = (why: string) => new RequestError("EBUSY", `Cannot delete disk "${name}": ${why}`);
+      if (disk.protected) throw refuse(`it is protected (ctl snapshot unprotect ${name} first)`);
+      if (!force) {
+        const children = this.catalog.childrenOf(disk).map((child) => child.name);
+        if (children.length > 0) throw refuse(`${children.join(", ")} ${children.length === 1 ? "was" : "were"} taken from it (--force deletes it anyway; they keep their data)`);
+        await this.refuseIfOpen(disk, refuse);
+      }
       return this.familyLocks.run(disk.family, async () => {
         // Agents drop the table and finish their I/O to it before any segment is freed.
         await Promise.all(
@@ -433,7 +475,9 @@ export class Controller {
       const source = this.diskNamed(args.source);
       this.checkNewName(args.name);
       const [created] = await this.familyLocks.run(source.family, () =>
-        createSnapshots(this.context, [{ source, name: args.name, mode: args.mode ?? source.mode, invalidate: args.invalidate ?? false }]),
+        createSnapshots(this.context, [
+          { source, name: args.name, mode: args.mode ?? source.mode, invalidate: args.invalidate ?? false, protect: args.protect ?? false },
+        ]),
       );
       return this.summary(created!);
     });
@@ -460,7 +504,7 @@ export class Controller {
         try {
           return await createSnapshots(
             this.context,
-            sources.map((source, i) => ({ source, name: names[i]!, mode: source.mode, invalidate: false })),
+            sources.map((source, i) => ({ source, name: names[i]!, mode: source.mode, invalidate: false, protect: false })),
           );
         } finally {
           await this.agents.activateAll(quiesced, sources);
@@ -477,14 +521,44 @@ export class Controller {
     return this.familyLocks.run(first, () => this.withFamilies(rest, work));
   }
 
+  /** A disk goes back only to a snapshot of its own (a descendant in its line): anything else, such
+   *  as the arguments swapped, would overwrite the other disk and free its data. */
   private async rollbackDisk(args: ArgsOf<ControllerRequests, "disk.rollback">): Promise<DiskSummary> {
     return this.catalogLock.run("catalog", async () => {
       const disk = this.diskNamed(args.name);
       const snapshot = this.diskNamed(args.snapshot);
-      if (disk === snapshot || disk.family !== snapshot.family || disk.size !== snapshot.size) {
-        throw new RequestError("EINVAL", `Cannot roll ${disk.name} back to ${snapshot.name}: it is not a snapshot or clone of the same disk`);
+      const refuse = (code: string, why: string) => new RequestError(code, `Cannot roll ${disk.name} back to ${snapshot.name}: ${why}`);
+      if (!snapshot.ancestors.includes(disk.id)) {
+        const swapped = disk.ancestors.includes(snapshot.id) ? ` (it is the other way round: ${disk.name} was taken from ${snapshot.name})` : "";
+        throw refuse("EINVAL", `${snapshot.name} is not a snapshot of ${disk.name}${swapped}`);
       }
+      assert(disk.family === snapshot.family && disk.size === snapshot.size, "a snapshot has its origin's family and size");
+      if (disk.protected) throw refuse("EBUSY", `${disk.name} is protected (ctl snapshot unprotect ${disk.name} first)`);
+      if (!args.force) await this.refuseIfOpen(disk, (why) => refuse("EBUSY", why));
       await this.familyLocks.run(disk.family, () => rollback(this.context, disk, snapshot));
+      return this.summary(disk);
+    });
+  }
+
+  /** Refuses (unless forced, which the caller checks) while a host has the disk open on any agent. */
+  private async refuseIfOpen(disk: Disk, refuse: (why: string) => Error): Promise<void> {
+    const users = await this.agents.connectionsTo(disk);
+    if (users.length === 0) return;
+    const who = users.map(({ agent, count }) => (count === null ? `agent ${agent} did not say` : `agent ${agent} has ${count} connection${count === 1 ? "" : "s"}`));
+    throw refuse(`it is in use (${who.join("; ")}); --force goes ahead anyway`);
+  }
+
+  /** Protects a disk or lifts it: every agent then serves it from a new table, read-only or
+   *  writable again, and a write in flight when the change came has finished before it is answered. */
+  private protectDisk({ name, on }: ArgsOf<ControllerRequests, "disk.protect">): Promise<DiskSummary> {
+    return this.catalogLock.run("catalog", async () => {
+      const disk = this.diskNamed(name);
+      if (disk.protected !== on) {
+        await this.familyLocks.run(disk.family, async () => {
+          await this.persistRecords([{ t: "protect", disk: disk.id, on }]);
+          await Promise.all(this.agents.agentsOf(disk.id).map((agent) => this.agents.sendTable(agent, disk)));
+        });
+      }
       return this.summary(disk);
     });
   }
@@ -510,9 +584,17 @@ export class Controller {
    * Changes which agents present a disk (R7): those that lose it drop the table and finish their
    * I/O to it (blocking) before the change is answered; those that gain it get a new table.
    */
-  private async present(name: string, agentId: string, add: boolean): Promise<DiskSummary> {
+  private async present({ name, agent: agentId, force }: ArgsOf<ControllerRequests, "disk.export">, add: boolean): Promise<DiskSummary> {
     return this.catalogLock.run("catalog", async () => {
       const disk = this.diskNamed(name);
+      if (!force && !this.knownAgent(agentId)) {
+        const known = this.agents.ids();
+        throw new RequestError(
+          "NOT_FOUND",
+          `Cannot ${add ? "export" : "unexport"} ${name} ${add ? "to" : "from"} agent ${agentId}: no such agent has registered ` +
+            `(known: ${known.join(", ") || "none"}); --force names an agent that has not registered yet`,
+        );
+      }
       // A disk without a list is presented everywhere: the first export makes the list just that
       // agent; an unexport makes it every agent known now but that one.
       const after = add
@@ -532,6 +614,12 @@ export class Controller {
     });
   }
 
+  /** An agent registered now or before a restart, or named in an export list. */
+  private knownAgent(id: string): boolean {
+    if (this.agents.ids().includes(id) || this.catalog.agents.has(id)) return true;
+    return [...this.catalog.disks.values()].some((disk) => disk.exports?.includes(id));
+  }
+
   private agentSummaries(): AgentSummary[] {
     return this.agents.all().map((agent) => ({
       id: agent.id,
@@ -542,13 +630,10 @@ export class Controller {
   }
 
   private status(): ResultOf<ControllerRequests, "status"> {
-    const luns = [...this.catalog.luns.values()];
-    const sizeBytes = luns.reduce((sum, lun) => sum + lun.size, 0);
-    const usedBytes = luns.reduce((sum, lun) => sum + this.pool.usedBytes(lun.id), 0);
     return {
       controller: { disks: this.catalog.disks.size, logBytes: this.log.sizeBytes },
       agents: this.agentSummaries(),
-      pool: { sizeBytes, usedBytes, freeBytes: sizeBytes - usedBytes, containers: luns.length },
+      pool: this.poolFigures(),
       disks: [...this.catalog.disks.values()].map((disk) => this.summary(disk)),
     };
   }
@@ -586,6 +671,8 @@ export class Controller {
   private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">): Promise<FaultAnswer> {
     const disk = this.catalog.disks.get(args.disk);
     if (!disk) return { action: "error", errno: "EIO" };
+    // The agents serve a protected disk read-only; this holds even for one that has not heard yet.
+    if (disk.protected && args.op !== "read" && args.op !== "status") return { action: "error", errno: "EPERM" };
     if (args.first > args.last || args.last >= disk.table.entryCount || args.offset + args.length > disk.size) {
       throw new RequestError("EINVAL", `fault on disk ${disk.name}: segments ${args.first}..${args.last} or range outside the disk`);
     }
@@ -632,7 +719,13 @@ function newRunId(): number {
   return (high! & 0x1fffff) * 2 ** 32 + low!;
 }
 
-/** Creates a sparse container file of `size` bytes; returns false when the path already existed. */
+/** Disks provisioned per byte of pool. */
+function overcommitRatio(provisionedBytes: number, poolBytes: number): number {
+  return poolBytes === 0 ? 0 : provisionedBytes / poolBytes;
+}
+
+/** Creates a sparse container file of `size` bytes; returns false when the path already existed.
+ *  Its directory must exist: a mistyped path must not become a new directory tree. */
 function createContainerFile(path: string, size: number): boolean {
   if (existsSync(path)) {
     const stat = statSync(path);
@@ -641,7 +734,10 @@ function createContainerFile(path: string, size: number): boolean {
     }
     return false;
   }
-  mkdirSync(dirname(path), { recursive: true });
+  const directory = dirname(path);
+  if (!existsSync(directory) || !statSync(directory).isDirectory()) {
+    throw new RequestError("ENOENT", `Cannot add ${path}: directory ${directory} does not exist`);
+  }
   const fd = openSync(path, "wx");
   try {
     ftruncateSync(fd, size);

@@ -56,21 +56,31 @@ export function secretsMatch(given: string | undefined, expected: string): boole
 
 /** Where a client (ctl, an agent) finds the secret, in order of precedence. */
 export interface SecretSources {
-  /** --secret-file or CTL_SECRET_FILE */
-  file?: string;
+  /** --secret-file or CTL_SECRET_FILE, and which of the two gave it */
+  file?: { path: string; from: "--secret-file" | "CTL_SECRET_FILE" };
   /** CTL_SECRET: the secret itself */
   value?: string;
   /** Tried last, if it exists: the default data directory's secret file. */
   fallbackFile: string;
 }
 
-export function clientSecret(sources: SecretSources): string {
-  if (sources.file) return readSecret(sources.file);
-  if (sources.value) return checkSecret(sources.value, "CTL_SECRET");
-  if (existsSync(sources.fallbackFile)) return readSecret(sources.fallbackFile);
+/** A client's secret and where it came from, said in the error when the controller refuses it. */
+export interface ClientSecret {
+  secret: string;
+  origin: string;
+}
+
+export function clientSecret(sources: SecretSources): ClientSecret {
+  if (sources.file) return secretFromFile(sources.file.path, `${sources.file.from} ${sources.file.path}`);
+  if (sources.value) return { secret: checkSecret(sources.value, "CTL_SECRET"), origin: "the environment variable CTL_SECRET" };
+  if (existsSync(sources.fallbackFile)) return secretFromFile(sources.fallbackFile, `the default file ${sources.fallbackFile}`);
   throw new SecretError(
     `no control secret: give --secret-file, CTL_SECRET_FILE or CTL_SECRET (the controller keeps it in its data directory as ${SECRET_FILE})`,
   );
+}
+
+export function secretFromFile(path: string, origin = `the file ${path}`): ClientSecret {
+  return { secret: readSecret(path), origin };
 }
 
 /** Writes a fresh secret to a private temporary file, then links it into place: a crash leaves

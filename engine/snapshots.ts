@@ -20,6 +20,8 @@ export interface SnapshotRequest {
   mode: DiskMode;
   /** Step 325: Invalid instead of Nw at the agents (reads fault too, until reloaded). */
   invalidate: boolean;
+  /** The snapshot is protected from its creation on (read-only, cannot be deleted). */
+  protect: boolean;
 }
 
 /**
@@ -35,7 +37,13 @@ export async function createSnapshots(ctx: SnapshotContext, requests: SnapshotRe
   await Promise.all(requests.map((request) => ctx.pushStates(request.source, [request.invalidate ? "invalid" : "nw"], true)));
   ctx.failpoint("snapshot-after-push");
   const firstId = ctx.newDiskId();
-  const disks = requests.map((request, i) => ({ source: request.source.id, id: firstId + i, name: request.name, mode: request.mode }));
+  const disks = requests.map((request, i) => ({
+    source: request.source.id,
+    id: firstId + i,
+    name: request.name,
+    mode: request.mode,
+    protected: request.protect || undefined,
+  }));
   await ctx.persist([{ t: "clone", disks }]);
   ctx.failpoint("snapshot-after-clone");
   const created = disks.map((disk) => ctx.catalog.disk(disk.id));

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { encode } from "@msgpack/msgpack";
 import { join } from "node:path";
-import { chmodSync, statSync } from "node:fs";
+import { chmodSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { Child, ctl, reapAll, spawnCtl, tempDir, TEST_SECRET_FILE } from "./helpers/processes.ts";
 import { readSecret, SECRET_FILE } from "../engine/secret.ts";
 import { encodeFrame, FRAME_BYTES_MAX } from "../engine/wire/frame.ts";
@@ -146,9 +146,27 @@ describe("control secret", () => {
     expect(none.stderr).toContain("no control secret");
     const wrong = await ctl(["--control", control, "disk", "list"], { env: { ...NO_SECRET, CTL_SECRET: "not-the-secret" } });
     expect(wrong.code).toBe(1);
-    expect(wrong.stderr).toContain("the control secret is missing or wrong");
+    expect(wrong.stderr).toBe("ctl: error: the control secret is missing or wrong (the secret came from the environment variable CTL_SECRET)\n");
     const right = await ctl(["--control", control, "disk", "list"], { env: { ...NO_SECRET, CTL_SECRET: readSecret(TEST_SECRET_FILE) } });
     expect(right.code).toBe(0);
+  });
+
+  test("a wrong secret is reported with where it came from: --secret-file, CTL_SECRET_FILE or the default file", async () => {
+    const own = tempDir("wrong-secret");
+    try {
+      const file = join(own.path, "wrong.secret");
+      writeFileSync(file, "not-the-secret\n", { mode: 0o600 });
+      const viaFlag = await ctl(["--control", control, "--secret-file", file, "disk", "list"], { env: NO_SECRET });
+      expect(viaFlag.stderr).toBe(`ctl: error: the control secret is missing or wrong (the secret came from --secret-file ${file})\n`);
+      const viaEnv = await ctl(["--control", control, "disk", "list"], { env: { ...NO_SECRET, CTL_SECRET_FILE: file } });
+      expect(viaEnv.stderr).toBe(`ctl: error: the control secret is missing or wrong (the secret came from CTL_SECRET_FILE ${file})\n`);
+      mkdirSync(join(own.path, "data"));
+      writeFileSync(join(own.path, "data", SECRET_FILE), "also-wrong\n", { mode: 0o600 });
+      const viaDefault = await ctl(["--control", control, "disk", "list"], { env: NO_SECRET, cwd: own.path });
+      expect(viaDefault.stderr).toBe(`ctl: error: the control secret is missing or wrong (the secret came from the default file data/${SECRET_FILE})\n`);
+    } finally {
+      own.remove();
+    }
   });
 
   test("an agent with a wrong secret is refused and exits with the reason", async () => {
@@ -157,7 +175,7 @@ describe("control secret", () => {
       CTL_SECRET: "not-the-secret",
     });
     expect(await agent.exited).toBe(1);
-    expect(agent.lines.join("\n")).toContain("the controller refused agent intruder: the control secret is missing or wrong");
+    expect(agent.lines.join("\n")).toContain("the controller refused agent intruder: the control secret is missing or wrong (the secret came from the environment variable CTL_SECRET)");
     const agents = await ctl(["--control", control, "agent", "list", "--json"]);
     expect(JSON.parse(agents.stdout)).toEqual([]);
   });

@@ -6,7 +6,7 @@ import { startUp, type UpSystem } from "./helpers/system.ts";
 import { BlockClient } from "./helpers/block-client.ts";
 import { nbdMap } from "./helpers/nbd-clients.ts";
 import { ControllerClient } from "../ctl/client.ts";
-import { readSecret } from "../engine/secret.ts";
+import { secretFromFile } from "../engine/secret.ts";
 
 const KIB = 1024;
 const SEGMENT = 64 * KIB;
@@ -16,7 +16,7 @@ let control: ControllerClient;
 
 beforeAll(async () => {
   system = await startUp({ dir: dir.path, lunSize: "256M" });
-  control = await ControllerClient.open(system.control, readSecret(TEST_SECRET_FILE));
+  control = await ControllerClient.open(system.control, secretFromFile(TEST_SECRET_FILE));
 });
 
 afterAll(async () => {
@@ -171,7 +171,8 @@ describe("snapshot life cycle", () => {
       { offset: 12 * SEGMENT, length: SEGMENT },
     ]);
 
-    const rolled = await system.ctl(["disk", "rollback", "rolled", "rolled-snap"]);
+    // The host keeps its connection open through the rollback, so it is forced.
+    const rolled = await system.ctl(["disk", "rollback", "rolled", "rolled-snap", "--force"]);
     expect(rolled.code).toBe(0);
     const data = await o.read(0, 16 * SEGMENT);
     expect(allBytes(data.subarray(0, 8 * SEGMENT), 0x21)).toBe(true);

@@ -38,3 +38,11 @@ export function nbdUri(address: Address, exportName: string): string {
   const host = address.host.includes(":") ? `[${address.host}]` : address.host;
   return `nbd://${host}:${address.port}/${name}`;
 }
+
+/** A failed listen in words: `Cannot listen on 127.0.0.1:10809: in use by another process`. */
+export function listenError(address: Address, error: unknown): Error {
+  const code = (error as { code?: unknown }).code;
+  const why =
+    code === "EADDRINUSE" ? "in use by another process" : code === "EACCES" ? "permission denied" : code === "EADDRNOTAVAIL" ? "no such local address" : (error as Error).message;
+  return new Error(`Cannot listen on ${formatAddress(address)}: ${why}`);
+}

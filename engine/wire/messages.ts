@@ -2,13 +2,15 @@
 // A connection starts with "hello" from the connecting side; after that either side may send
 // requests, and every request gets exactly one response.
 import { SECRET_LENGTH_MAX } from "../secret.ts";
-import { array, bool, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./schema.ts";
+import { array, bool, num, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./schema.ts";
 
 export const PROTOCOL_VERSION = 1;
 
 export const NAME_LENGTH_MAX = 128;
 /** Disk names double as NBD export names and file-system-safe identifiers. */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+/** NAME_PATTERN in words, for error messages. */
+export const NAME_RULE = "use letters, digits, '.', '_' and '-', starting with a letter or digit";
 export const PATH_LENGTH_MAX = 4096;
 export const RUNS_PER_MESSAGE_MAX = 65536;
 export const ENTRIES_PER_QUERY_MAX = 65536;
@@ -20,8 +22,10 @@ export const AGENTS_MAX = 1024;
 export const LEASE_MS_MIN = 100;
 export const LEASE_MS_MAX = 600_000;
 export const LEASE_MS_DEFAULT = 10_000;
+export const INSTANCE_LENGTH_MAX = 64;
+export const WARNING_LENGTH_MAX = 1024;
 
-const name = str(NAME_LENGTH_MAX, NAME_PATTERN);
+const name = str(NAME_LENGTH_MAX, NAME_PATTERN, NAME_RULE);
 const word = uint();
 const segment = uint(2 ** 32 - 1);
 const diskId = uint(2 ** 32 - 1);
@@ -45,7 +49,10 @@ export const helloArgs = object({
   role: oneOf("agent", "ctl"),
   /** The control secret (see engine/secret.ts); the controller refuses a hello without it. */
   secret: optional(str(SECRET_LENGTH_MAX)),
-  agentId: optional(str(NAME_LENGTH_MAX, NAME_PATTERN)),
+  agentId: optional(name),
+  /** Names one agent process (random at its start): a reconnection of the same process is told
+   *  apart from a second process that claims the same agentId. */
+  instance: optional(str(INSTANCE_LENGTH_MAX)),
   nbd: optional(str(PATH_LENGTH_MAX)),
   /** An agent's lease (R8): it stops I/O when it has not renewed it for this long. */
   leaseMs: optional(uint(LEASE_MS_MAX)),
@@ -54,21 +61,25 @@ export const helloArgs = object({
 export const DISK_MODES = ["forward", "reverse"] as const;
 const mode = oneOf(...DISK_MODES);
 
-const diskSummary = object({
+const diskSummaryFields = {
   id: diskId,
   name,
   size: uint(),
   segmentSize: uint(),
   mode,
-  /** The disk it was snapshotted from, while that disk exists. */
+  /** The disk it was snapshotted from (its name when it was deleted: then parentDeleted is set). */
   parent: optional(name),
+  parentDeleted: optional(bool),
+  /** A protected disk cannot be deleted, rolled back over or written (its exports are read-only). */
+  protected: bool,
   /** The agents it is presented to; absent: every agent. */
   exports: optional(array(name, AGENTS_MAX)),
   /** allocatedBytes = exclusiveBytes + sharedBytes; shared segments are also used by other disks. */
   allocatedBytes: uint(),
   exclusiveBytes: uint(),
   sharedBytes: uint(),
-});
+};
+const diskSummary = object(diskSummaryFields);
 export type DiskSummary = Infer<typeof diskSummary>;
 
 const agentSummary = object({ id: name, nbd: str(PATH_LENGTH_MAX), connected: bool, disks: array(name, DISKS_MAX) });
@@ -104,12 +115,15 @@ export const controllerRequests = {
   hello: { args: helloArgs, result: object({ version: uint(), controller: str(NAME_LENGTH_MAX) }) },
   "disk.create": {
     args: object({ name, size: uint(), segmentSize: optional(uint()), mode: optional(mode) }),
-    result: diskSummary,
+    /** With a warning when the disk is larger than the pool's free space (thin: accepted). */
+    result: object({ ...diskSummaryFields, warning: optional(str(WARNING_LENGTH_MAX)) }),
   },
   "snapshot.create": {
-    args: object({ source: name, name, mode: optional(mode), invalidate: optional(bool) }),
+    args: object({ source: name, name, mode: optional(mode), invalidate: optional(bool), protect: optional(bool) }),
     result: diskSummary,
   },
+  /** Protects a disk (on) or lifts the protection. */
+  "disk.protect": { args: object({ name, on: bool }), result: diskSummary },
   "snapshot.group": {
     args: object({
       pairs: array(object({ source: name, name }), GROUP_DISKS_MAX),
@@ -117,32 +131,37 @@ export const controllerRequests = {
     }),
     result: array(diskSummary, GROUP_DISKS_MAX),
   },
-  "disk.rollback": { args: object({ name, snapshot: name }), result: diskSummary },
+  /** `force`: even while a host has the disk open. */
+  "disk.rollback": { args: object({ name, snapshot: name, force: optional(bool) }), result: diskSummary },
   "disk.diff": {
     args: object({ a: name, b: name }),
     result: object({ segmentSize: uint(), ranges: array(object({ offset: uint(), length: uint() }), DIFF_RANGES_MAX) }),
   },
   "disk.list": { args: object({}), result: array(diskSummary, DISKS_MAX) },
   "disk.info": { args: object({ name }), result: diskSummary },
-  "disk.delete": { args: object({ name }), result: object({ freedBytes: uint() }) },
+  /** `force`: even with snapshots or clones taken from it, or while a host has it open. */
+  "disk.delete": { args: object({ name, force: optional(bool) }), result: object({ freedBytes: uint() }) },
   check: {
     args: object({}),
     result: object({ disks: uint(), segments: uint(), usedBytes: uint(), problems: array(str(4096), 100) }),
   },
+  /** `path` is absolute (ctl resolves it in its own working directory); its directory must exist. */
   "lun.add": { args: object({ path: str(PATH_LENGTH_MAX), size: uint() }), result: lunSummary },
   "lun.list": { args: object({}), result: array(lunSummary, CONTAINERS_MAX) },
   /** Puts a failed container back in service once it passes a check again (R14). */
   "lun.repair": { args: object({ id: uint(CONTAINERS_MAX) }), result: lunSummary },
   "agent.list": { args: object({}), result: array(agentSummary, AGENTS_MAX) },
   /** Presents a disk to one more agent (R7); the first export makes the disk's list explicit. */
-  "disk.export": { args: object({ name, agent: name }), result: diskSummary },
-  "disk.unexport": { args: object({ name, agent: name }), result: diskSummary },
+  /** `force`: for an agent that has not registered yet (a typo would hide the disk from every host). */
+  "disk.export": { args: object({ name, agent: name, force: optional(bool) }), result: diskSummary },
+  "disk.unexport": { args: object({ name, agent: name, force: optional(bool) }), result: diskSummary },
   status: {
     args: object({}),
     result: object({
       controller: object({ disks: uint(), logBytes: uint() }),
       agents: array(agentSummary, AGENTS_MAX),
-      pool: object({ sizeBytes: uint(), usedBytes: uint(), freeBytes: uint(), containers: uint() }),
+      /** provisionedBytes: the sizes of every disk together; overcommit: that over sizeBytes. */
+      pool: object({ sizeBytes: uint(), usedBytes: uint(), freeBytes: uint(), containers: uint(), provisionedBytes: uint(), overcommit: num() }),
       disks: array(diskSummary, DISKS_MAX),
     }),
   },
@@ -196,6 +215,8 @@ export const agentRequests = {
   /** Releases the I/O held by quiesce. */
   activate: { args: object({ disks: array(diskId, DISKS_MAX) }), result: object({}) },
   set_entry: { args: object({ disk: diskId, first: segment, runs, blocking: bool }), result: object({}) },
+  /** How many host connections have the disk open on this agent. */
+  get_connections: { args: object({ disk: diskId }), result: object({ count: uint() }) },
   /** Sets states on a range. Only Nw can be cleared: Invalid, Z and E void the location, so
    *  leaving them takes a whole new entry (set_entry). */
   set_entry_state: {

@@ -24,10 +24,18 @@ export function uint(max = Number.MAX_SAFE_INTEGER): Schema<number> {
   };
 }
 
-export function str(maxLength: number, pattern?: RegExp): Schema<string> {
+/** A non-negative finite number. */
+export function num(): Schema<number> {
+  return (value, path) => (typeof value === "number" && Number.isFinite(value) && value >= 0 ? value : fail(path, "a non-negative number", value));
+}
+
+/** A string of at most `maxLength` characters; with a `pattern`, `rule` says in words what it takes. */
+export function str(maxLength: number, pattern?: RegExp, rule?: string): Schema<string> {
   return (value, path) => {
     if (typeof value !== "string" || value.length > maxLength) return fail(path, `a string of at most ${maxLength} characters`, value);
-    if (pattern && !pattern.test(value)) return fail(path, `a string matching ${pattern}`, value);
+    if (pattern && !pattern.test(value)) {
+      throw new WireError(rule ? `${path} ${JSON.stringify(value.slice(0, 40))}: ${rule}` : `${path}: expected a string matching ${pattern}, got ${JSON.stringify(value.slice(0, 40))}`);
+    }
     return value;
   };
 }

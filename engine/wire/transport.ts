@@ -2,7 +2,7 @@
 // partial socket write never drops bytes.
 import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
 import { existsSync, unlinkSync } from "node:fs";
-import type { Address } from "../util/address.ts";
+import { listenError, type Address } from "../util/address.ts";
 
 export interface StreamHandlers {
   data(chunk: Uint8Array): void;
@@ -123,8 +123,12 @@ export type Listener = TCPSocketListener<StreamRef> | UnixSocketListener<StreamR
 
 export function listen(address: Address, onConnection: (stream: Stream) => void): Listener {
   const socket = socketHandlers(onConnection);
-  if (address.kind === "unix") return Bun.listen<StreamRef>({ unix: address.path, socket, data: {} });
-  return Bun.listen<StreamRef>({ hostname: address.host, port: address.port, socket, data: {} });
+  try {
+    if (address.kind === "unix") return Bun.listen<StreamRef>({ unix: address.path, socket, data: {} });
+    return Bun.listen<StreamRef>({ hostname: address.host, port: address.port, socket, data: {} });
+  } catch (error) {
+    throw listenError(address, error);
+  }
 }
 
 export async function connect(address: Address): Promise<Stream> {

@@ -70,7 +70,6 @@ export const LACKS: Record<NbdTargetKind, Partial<Record<TargetFeature, string>>
     restart: "the fixture keeps its exports in memory; its kill -9 test uses a persistence file (exportConfig) instead",
   },
   agent: {
-    ro: "the real system has no read-only exports yet",
     faulty:
       "the real system cannot inject backend errors at chosen offsets (its EIO/ENOSPC paths: agent-commands.test.ts, pool-full.test.ts and the full-pool test in nbd-commands.test.ts)",
     extents:
@@ -360,14 +359,16 @@ class FixtureTarget extends TargetBase implements NbdTarget {
  * volatile), so it completes asynchronously like the fixture's "slow" export, minus the fixed
  * delays. "big" is large enough for maximum-payload requests.
  */
-export const AGENT_DISKS: readonly { name: string; size: string; sizeBytes: number; segmentSize?: string }[] = [
+export const AGENT_DISKS: readonly { name: string; size: string; sizeBytes: number; segmentSize?: string; protect?: boolean }[] = [
   { name: "disk", size: "16M", sizeBytes: 16 * 1024 * 1024, segmentSize: "64K" },
   { name: "sparse", size: "1M", sizeBytes: 1024 * 1024, segmentSize: "64K" },
   { name: "slow", size: "1M", sizeBytes: 1024 * 1024, segmentSize: "64K" },
   { name: "big", size: "48M", sizeBytes: 48 * 1024 * 1024 },
+  // A protected disk is exported read-only.
+  { name: "ro", size: "1M", sizeBytes: 1024 * 1024, segmentSize: "64K", protect: true },
 ];
 
-const AGENT_ROLES: Partial<Record<ExportRole, string>> = { sparse: "sparse", slow: "slow", big: "big" };
+const AGENT_ROLES: Partial<Record<ExportRole, string>> = { ro: "ro", sparse: "sparse", slow: "slow", big: "big" };
 
 /** Starts `ctl up` in a temp dir and creates AGENT_DISKS. */
 export async function startAgentTarget(options: NbdTargetOptions = {}): Promise<AgentTarget> {
@@ -442,6 +443,10 @@ export class AgentTarget extends TargetBase implements NbdTarget {
         const extra = disk.segmentSize ? ["--segment-size", disk.segmentSize] : [];
         const created = await ctl(["--control", this.controlAddress, "disk", "create", disk.name, "--size", disk.size, ...extra]);
         if (created.code !== 0) throw new Error(`ctl disk create ${disk.name} failed: ${created.stderr}`);
+        if (disk.protect) {
+          const protectedNow = await ctl(["--control", this.controlAddress, "snapshot", "protect", disk.name]);
+          if (protectedNow.code !== 0) throw new Error(`ctl snapshot protect ${disk.name} failed: ${protectedNow.stderr}`);
+        }
       }
       // One URI line per disk on stdout: nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME.
       const name = encodeURIComponent(disk.name).replace(/[.*+?^${}()|[\]\\]/g, "\\$&");

@@ -58,6 +58,7 @@ interface Table extends ExportedTable {
 /** One host's agent across crashes and restarts. */
 export class SimAgent {
   private process: AgentProcess | null = null;
+  private incarnations = 0;
 
   constructor(
     readonly host: string,
@@ -77,7 +78,8 @@ export class SimAgent {
 
   start(): void {
     this.env.trace.note(`agent ${this.host}: starts`);
-    this.process = new AgentProcess(this.host, this.env, this.tables);
+    this.incarnations += 1;
+    this.process = new AgentProcess(this.host, String(this.incarnations), this.env, this.tables);
     this.env.network.agentUp(this.host);
   }
 
@@ -143,9 +145,10 @@ class AgentProcess implements DataPathContext {
   private readonly storageErrorsReporting = new Set<number>();
   private readonly uncommitted = new UncommittedChanges();
   private readonly commitsPlanned = new Set<number>();
-
   constructor(
     private readonly host: string,
+    /** What hello calls this process: one per incarnation of the host's agent. */
+    private readonly instance: string,
     private readonly env: AgentEnv,
     readonly tables: SharedTables,
   ) {
@@ -278,7 +281,14 @@ class AgentProcess implements DataPathContext {
         this.reloaded = new Set();
         await this.forgetEntries();
         const asked = this.scheduler.now;
-        await peer.request("hello", { version: PROTOCOL_VERSION, role: "agent", agentId: this.host, leaseMs: this.env.leaseMs, nbd: `sim:${this.host}` });
+        await peer.request("hello", {
+          version: PROTOCOL_VERSION,
+          role: "agent",
+          agentId: this.host,
+          instance: this.instance,
+          leaseMs: this.env.leaseMs,
+          nbd: `sim:${this.host}`,
+        });
         await this.dropTablesNotReloaded();
         this.renewed(asked);
         this.controller = peer;

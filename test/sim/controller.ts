@@ -203,7 +203,7 @@ export class SimController {
   createSnapshot(sourceName: string, name: string, mode: DiskMode, invalidate: boolean): Promise<void> {
     return this.locked(async () => {
       const source = this.diskNamed(sourceName);
-      await this.familyLocks.run(source.family, () => createSnapshots(this.context, [{ source, name, mode, invalidate }]));
+      await this.familyLocks.run(source.family, () => createSnapshots(this.context, [{ source, name, mode, invalidate, protect: false }]));
     });
   }
 
@@ -216,7 +216,7 @@ export class SimController {
         try {
           await createSnapshots(
             this.context,
-            sources.map((source, i) => ({ source, name: pairs[i]!.name, mode: source.mode, invalidate: false })),
+            sources.map((source, i) => ({ source, name: pairs[i]!.name, mode: source.mode, invalidate: false, protect: false })),
           );
         } finally {
           await this.agents.activateAll(quiesced, sources);
@@ -256,7 +256,7 @@ export class SimController {
       if (op === "hello") {
         const hello = args as ArgsOf<ControllerRequests, "hello">;
         if (hello.version !== PROTOCOL_VERSION || !hello.agentId || !hello.nbd) throw new RequestError("EPROTO", "bad hello", true);
-        agent = await this.registerAgent(hello.agentId, hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
+        agent = await this.registerAgent(hello.agentId, hello.instance ?? "", hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
         return { version: PROTOCOL_VERSION, controller: "tabledisk" };
       }
       if (!agent) throw new RequestError("EPROTO", `${op} before hello`, true);
@@ -278,8 +278,8 @@ export class SimController {
     });
   }
 
-  private async registerAgent(id: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
-    const agent = await this.agents.register(id, nbd, leaseMs, peer);
+  private async registerAgent(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
+    const agent = await this.agents.register(id, instance, nbd, leaseMs, peer);
     await this.locked(async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
       for (const disk of this.catalog.disks.values()) await this.agents.sendTable(agent, disk);
