@@ -122,6 +122,12 @@ function infoOf(entry: ExportEntry): ExportInfo {
   return { name: entry.name, sizeBytes: entry.sizeBytes, readOnly: entry.readOnly };
 }
 
+/** A connection opened before its disk was protected still has a writable export: the current
+ *  table's read-only flag refuses its writes (the NBD layer refuses them on later connections). */
+function refuseIfReadOnly(entry: ExportEntry, op: Op): void {
+  if (entry.readOnly && (op === OP_WRITE || op === OP_WRITE_ZEROES)) throw new NbdError("EPERM", `disk ${entry.name} is protected (read-only)`);
+}
+
 const STOPPED = Symbol("stopped");
 const NO_TOKEN = -1;
 
@@ -164,14 +170,7 @@ class MappedExport implements ExportHandle {
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
-    this.checkWritable();
     return this.durableIf(fua, this.writeData(offset, data, fua));
-  }
-
-  /** A connection opened before the disk was protected still has a writable export: the current
-   *  table's read-only flag refuses its writes (the NBD layer refuses them for later ones). */
-  private checkWritable(): void {
-    if (this.entry().readOnly) throw new NbdError("EPERM", `disk ${this.info.name} is protected (read-only)`);
   }
 
   private writeData(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
@@ -196,7 +195,6 @@ class MappedExport implements ExportHandle {
   }
 
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): void | Promise<void> {
-    this.checkWritable();
     return this.durableIf(fua, this.zeroes(offset, length, fua, noHole));
   }
 
@@ -246,7 +244,6 @@ class MappedExport implements ExportHandle {
   /** TRIM unmaps the whole segments of the range (they read as zeros afterwards); partial
    *  segments are left as they are, which the protocol allows. */
   trim(offset: number, length: number): void | Promise<void> {
-    this.checkWritable();
     const whole = this.wholeSegments(offset, length);
     if (whole) return this.unmap(whole.first, whole.last, offset, length);
   }
@@ -264,6 +261,7 @@ class MappedExport implements ExportHandle {
 
   /** Asks the controller to unmap segments; it updates every agent's table, this one's too. */
   private unmap(first: number, last: number, offset: number, length: number): Promise<void> {
+    refuseIfReadOnly(this.entry(), OP_WRITE);
     return this.backend.sendFault({ disk: this.disk, op: "trim", offset, length, gone: false, first, last, state: 0 });
   }
 
@@ -323,6 +321,7 @@ class MappedExport implements ExportHandle {
    *  when they finish later on the I/O pool. */
   private attempt<T>(op: Op, offset: number, length: number, perform: () => T | Promise<T>): T | Promise<T> | typeof STOPPED {
     const entry = this.entry();
+    refuseIfReadOnly(entry, op);
     const { tables, inflight } = this.backend;
     let token = inflight.begin();
     try {
