@@ -12,8 +12,6 @@ import { Child, REPO, reapAll, tempDir } from "./helpers/processes.ts";
 const LAUNCHER = join(REPO, "bin/ctl");
 const BUN = realpathSync(join(REPO, "node_modules/.bin/bun"));
 const EXIT_WAIT_MS = 15_000;
-const SIGINT_BIT = 1n << 1n; // in /proc/PID/status SigCgt, bit (signal number - 1)
-const SIGTERM_BIT = 1n << 14n;
 const dirs: { path: string; remove(): void }[] = [];
 
 afterAll(async () => {
@@ -95,50 +93,17 @@ async function exitWithin(child: Child, ms: number): Promise<number> {
   }
 }
 
-/** The Bun process among those whose command line mentions `dir`. */
-function bunProcess(dir: string): number | undefined {
-  for (const line of processesMentioning(dir)) {
-    const pid = Number(line.slice(0, line.indexOf(":")));
-    try {
-      if (readlinkSync(`/proc/${pid}/exe`) === BUN) return pid;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return undefined;
-}
-
-function catchesStopSignals(pid: number): boolean {
-  const caught = BigInt(`0x${readFileSync(`/proc/${pid}/status`, "utf8").match(/^SigCgt:\s*([0-9a-f]+)$/m)![1]}`);
-  return (caught & SIGINT_BIT) !== 0n && (caught & SIGTERM_BIT) !== 0n;
-}
-
-/**
- * Waits (bounded) until the Bun process of `dir` has its SIGINT and SIGTERM handlers installed.
- * ctl/serve.ts prints `ready:` just before it installs them (runUntilSignal), so a signal sent
- * the instant `ready:` appears can still find the default action and kill Bun (exit 143/130).
- */
-async function untilSignalsCaught(dir: string, label: string): Promise<void> {
-  const deadline = Date.now() + EXIT_WAIT_MS;
-  for (;;) {
-    const pid = bunProcess(dir);
-    if (pid !== undefined && catchesStopSignals(pid)) return;
-    if (Date.now() > deadline) throw new Error(`${label}: Bun never caught SIGINT and SIGTERM (processes: ${processesMentioning(dir).join("; ")})`);
-    await new Promise((resolve) => setTimeout(resolve, 2)); // the next look, not a guess at a duration
-  }
-}
-
 /**
  * Starts `ctl up` on free TCP ports with data under a fresh temp dir (through `how`), signals the
- * PID the test holds, and checks that everything stopped.
+ * PID the test holds the instant `ready:` appears (ctl/serve.ts installs its handlers before it
+ * says ready), and checks that everything stopped.
  */
-async function startAndStop(how: "bin/ctl" | "npx ctl", signal: NodeJS.Signals, options: { atReady?: boolean } = {}): Promise<void> {
+async function startAndStop(how: "bin/ctl" | "npx ctl", signal: NodeJS.Signals): Promise<void> {
   const dir = newTempDir("start-command");
   const args = ["--control", "127.0.0.1:0", "up", "--data", join(dir, "data"), "--nbd", "127.0.0.1:0", "--lun-size", "1G"];
   // npx finds the project's own bin only inside the checkout; bin/ctl runs from anywhere.
   const child = how === "bin/ctl" ? start([LAUNCHER, ...args], dir, how) : start(["npx", "ctl", ...args], REPO, how);
   const ready = await child.waitForLine(/^ready: /);
-  if (!options.atReady) await untilSignalsCaught(dir, how);
   const ports = [...ready.matchAll(/127\.0\.0\.1:(\d+)/g)].map((match) => Number(match[1]));
   expect(ports).toHaveLength(2);
   expect(ports.map(canListen)).toEqual([false, false]);
@@ -163,9 +128,6 @@ describe("the start command stops on a signal to the PID the user holds", () => 
   }
   test("npx ctl up, SIGTERM to npx", () => startAndStop("npx ctl", "SIGTERM"), 30_000);
   test("npx ctl up, SIGINT to npx", () => startAndStop("npx ctl", "SIGINT"), 30_000);
-  test.skip("bin/ctl up, SIGTERM the instant ready: is printed (skipped: ctl/serve.ts prints ready: before runUntilSignal installs the handlers, so Bun can still die of the signal, exit 143)", () =>
-    startAndStop("bin/ctl", "SIGTERM", { atReady: true }),
-  );
 });
 
 describe("bin/ctl", () => {
