@@ -1,6 +1,6 @@
 // Real child processes for integration tests: spawned, watched line by line, always reaped.
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -13,12 +13,31 @@ const living = new Set<Child>();
 /**
  * Every controller, agent and ctl a test starts shares one control secret file, made here so that
  * an agent can start before any controller; tests of the secret itself override CTL_SECRET_FILE.
+ * bun test runs no exit handler, so the directory carries the test process's pid and each run
+ * removes those of runs that have ended.
  */
-const secretDir = mkdtempSync(join(tmpdir(), "tabledisk-secret-"));
+const SECRET_DIR_PREFIX = "tabledisk-secret-";
+removeSecretDirsOfEndedRuns();
+const secretDir = mkdtempSync(join(tmpdir(), `${SECRET_DIR_PREFIX}${process.pid}-`));
 export const TEST_SECRET_FILE = join(secretDir, "control.secret");
 writeFileSync(TEST_SECRET_FILE, `${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
 process.env.CTL_SECRET_FILE = TEST_SECRET_FILE;
-process.on("exit", () => rmSync(secretDir, { recursive: true, force: true }));
+
+function removeSecretDirsOfEndedRuns(): void {
+  for (const name of readdirSync(tmpdir())) {
+    const pid = new RegExp(`^${SECRET_DIR_PREFIX}(\\d+)-`).exec(name)?.[1];
+    if (pid !== undefined && !isAlive(Number(pid))) rmSync(join(tmpdir(), name), { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
 
 /** Calls `onLine` for every line of a byte stream (the last one too, if unterminated). */
 export async function forEachLine(stream: ReadableStream<Uint8Array> | null | undefined, onLine: (line: string) => void): Promise<void> {
