@@ -26,7 +26,7 @@ import {
 } from "../engine/wire/messages.ts";
 import { INVALID_WORD } from "../wasm/entry.ts";
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../engine/wire/peer.ts";
-import { connect, removeStaleSocket } from "../engine/wire/transport.ts";
+import { connect, removeStaleSocket, type Stream } from "../engine/wire/transport.ts";
 
 export const TABLE_SLOTS_MAX = 1024;
 export const WORKERS_MAX = 16;
@@ -352,63 +352,65 @@ export class Agent {
     let delay = RECONNECT_DELAY_MIN_MS;
     let unreachableSaidAt = -Infinity;
     while (!this.stopping) {
-      let stream;
-      try {
-        stream = await connect(this.options.control);
-      } catch (error) {
+      const stream = await connect(this.options.control).catch((error: Error) => {
         // Said at once, then every few seconds: an agent that only waits looks like one that works.
         if (performance.now() - unreachableSaidAt >= UNREACHABLE_REPORT_MS) {
           unreachableSaidAt = performance.now();
-          this.say(`agent ${this.options.id}: cannot reach the controller at ${formatAddress(this.options.control)} (${(error as Error).message}); still trying`);
+          this.say(`agent ${this.options.id}: cannot reach the controller at ${formatAddress(this.options.control)} (${error.message}); still trying`);
         }
-        if (this.stopping) return;
-        await this.sleep(delay);
-        delay = Math.min(RECONNECT_DELAY_MAX_MS, delay * 2);
-        continue;
-      }
-      unreachableSaidAt = -Infinity;
-      try {
-        const peer: ControllerPeer = new Peer(stream, agentRequests, controllerRequests);
-        peer.serve((op, args) => this.serveCommand(op, args));
-        const closed = new Promise<Error>((resolve) => peer.onClosed(resolve));
-        // The controller loads every table before it answers hello; a table it did not send
-        // belongs to a disk deleted while we were apart.
-        this.reloaded = new Set();
-        await this.forgetEntries();
-        const asked = this.lease.now();
-        await peer.request("hello", {
-          version: PROTOCOL_VERSION,
-          role: "agent",
-          secret: this.options.secret,
-          agentId: this.options.id,
-          instance: this.instance,
-          leaseMs: this.leaseMs,
-          nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
-        });
-        await this.dropTablesNotReloaded();
-        this.renewed(asked);
-        this.controller = peer;
-        this.renewLoop(peer);
-        delay = RECONNECT_DELAY_MIN_MS;
-        for (const waiter of this.connectedWaiters.splice(0)) waiter();
-        this.say(`agent ${this.options.id}: registered with the controller`);
-        const error = await closed;
-        this.controller = null;
-        if (!this.stopping) this.say(`agent ${this.options.id}: lost the controller (${error.message}); reconnecting`);
-      } catch (error) {
-        if (error instanceof RemoteError) {
-          const origin = error.code === "EACCES" && this.options.secretOrigin ? ` (the secret came from ${this.options.secretOrigin})` : "";
-          this.say(`agent ${this.options.id}: controller refused: ${error.message}${origin}`);
-          if (REFUSALS_FOR_GOOD.has(error.code)) {
-            const refusal = new RemoteError(error.code, `${error.message}${origin}`);
-            for (const listener of this.refusalListeners) listener(refusal);
-            return;
-          }
-        }
+        return null;
+      });
+      if (stream) {
+        unreachableSaidAt = -Infinity;
+        const outcome = await this.registerAndServe(stream);
+        if (outcome === "refused") return;
+        if (outcome === "served") delay = RECONNECT_DELAY_MIN_MS;
       }
       if (this.stopping) return;
       await this.sleep(delay);
       delay = Math.min(RECONNECT_DELAY_MAX_MS, delay * 2);
+    }
+  }
+
+  /** Registers over a new connection and serves the controller's commands until it closes:
+   *  "served" then; "refused" when the controller refused this agent for good. */
+  private async registerAndServe(stream: Stream): Promise<"served" | "refused" | "failed"> {
+    try {
+      const peer: ControllerPeer = new Peer(stream, agentRequests, controllerRequests);
+      peer.serve((op, args) => this.serveCommand(op, args));
+      const closed = new Promise<Error>((resolve) => peer.onClosed(resolve));
+      // The controller loads every table before it answers hello; a table it did not send
+      // belongs to a disk deleted while we were apart.
+      this.reloaded = new Set();
+      await this.forgetEntries();
+      const asked = this.lease.now();
+      await peer.request("hello", {
+        version: PROTOCOL_VERSION,
+        role: "agent",
+        secret: this.options.secret,
+        agentId: this.options.id,
+        instance: this.instance,
+        leaseMs: this.leaseMs,
+        nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
+      });
+      await this.dropTablesNotReloaded();
+      this.renewed(asked);
+      this.controller = peer;
+      this.renewLoop(peer);
+      for (const waiter of this.connectedWaiters.splice(0)) waiter();
+      this.say(`agent ${this.options.id}: registered with the controller`);
+      const error = await closed;
+      this.controller = null;
+      if (!this.stopping) this.say(`agent ${this.options.id}: lost the controller (${error.message}); reconnecting`);
+      return "served";
+    } catch (error) {
+      if (!(error instanceof RemoteError)) return "failed";
+      const origin = error.code === "EACCES" && this.options.secretOrigin ? ` (the secret came from ${this.options.secretOrigin})` : "";
+      this.say(`agent ${this.options.id}: controller refused: ${error.message}${origin}`);
+      if (!REFUSALS_FOR_GOOD.has(error.code)) return "failed";
+      const refusal = new RemoteError(error.code, `${error.message}${origin}`);
+      for (const listener of this.refusalListeners) listener(refusal);
+      return "refused";
     }
   }
 

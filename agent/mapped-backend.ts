@@ -124,8 +124,8 @@ function infoOf(entry: ExportEntry): ExportInfo {
 
 /** A connection opened before its disk was protected still has a writable export: the current
  *  table's read-only flag refuses its writes (the NBD layer refuses them on later connections). */
-function refuseIfReadOnly(entry: ExportEntry, op: Op): void {
-  if (entry.readOnly && (op === OP_WRITE || op === OP_WRITE_ZEROES)) throw new NbdError("EPERM", `disk ${entry.name} is protected (read-only)`);
+function refuseIfReadOnly(entry: ExportEntry): void {
+  if (entry.readOnly) throw new NbdError("EPERM", `disk ${entry.name} is protected (read-only)`);
 }
 
 const STOPPED = Symbol("stopped");
@@ -261,7 +261,7 @@ class MappedExport implements ExportHandle {
 
   /** Asks the controller to unmap segments; it updates every agent's table, this one's too. */
   private unmap(first: number, last: number, offset: number, length: number): Promise<void> {
-    refuseIfReadOnly(this.entry(), OP_WRITE);
+    refuseIfReadOnly(this.entry());
     return this.backend.sendFault({ disk: this.disk, op: "trim", offset, length, gone: false, first, last, state: 0 });
   }
 
@@ -321,7 +321,7 @@ class MappedExport implements ExportHandle {
    *  when they finish later on the I/O pool. */
   private attempt<T>(op: Op, offset: number, length: number, perform: () => T | Promise<T>): T | Promise<T> | typeof STOPPED {
     const entry = this.entry();
-    refuseIfReadOnly(entry, op);
+    if (op === OP_WRITE || op === OP_WRITE_ZEROES) refuseIfReadOnly(entry);
     const { tables, inflight } = this.backend;
     let token = inflight.begin();
     try {
