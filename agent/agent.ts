@@ -8,6 +8,7 @@ import { QuiesceGates } from "./gates.ts";
 import { checkRange, setStates, writeRuns } from "./table-edits.ts";
 import { Lease } from "./lease.ts";
 import { UncommittedChanges } from "./uncommitted.ts";
+import { RegistrationEra } from "./registration-era.ts";
 import { BatchingPort, onMessages } from "./thread-port.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
 import { formatAddress, nbdUri, type Address } from "../engine/util/address.ts";
@@ -83,6 +84,7 @@ export class Agent {
   private readonly exportListeners: ((name: string, uri: string) => void)[] = [];
   private readonly storageErrorsReporting = new Set<number>();
   private readonly uncommitted = new UncommittedChanges();
+  private readonly era = RegistrationEra.create();
   private readonly commitTimers = new Map<number, Timer>();
   private readonly refusalListeners: ((error: RemoteError) => void)[] = [];
   /** Host connections that have each disk open, over every worker. */
@@ -196,6 +198,7 @@ export class Agent {
         inflight: this.inflight.buffer,
         gates: this.gates.buffer,
         lease: this.lease.buffer,
+        era: this.era.buffer,
         clock: this.lease.now(),
         listen,
       });
@@ -249,7 +252,7 @@ export class Agent {
       return;
     }
     if (message.type === "commit") {
-      this.answer(worker, message.request, this.commitFor(message.disk, true), `commit of disk ${message.disk}`);
+      this.answer(worker, message.request, this.commitFor(message.disk, message.era), `commit of disk ${message.disk}`);
       return;
     }
     if (message.type !== "fault") return;
@@ -291,22 +294,21 @@ export class Agent {
     );
     if (!answer) return "EIO";
     if (answer.action === "error") return answer.errno ?? "EIO";
-    if (answer.run !== undefined) {
-      this.uncommitted.note(fault.disk, answer.run);
+    if (answer.run !== undefined && answer.at !== undefined && answer.runs && answer.first !== undefined) {
+      this.uncommitted.note(fault.disk, answer.run, answer.first, answer.runs, answer.at);
       this.commitSoon(fault.disk);
     }
     return undefined;
   }
 
-  /** Has the controller commit the mapping changes writes to `disk` relied on. For a FLUSH
-   *  (`flushing`) lost changes are an error, reported once; in the background they are noted. */
-  private async commitFor(disk: number, flushing: boolean): Promise<HostErrno | undefined> {
-    const outcome = await this.uncommitted.commitDisk(disk, flushing, async (run) => (await this.withController((controller) => controller.request("commit", { run }))) !== null);
-    if (outcome === "done") return undefined;
-    if (outcome === "lost") {
-      this.say(`agent ${this.options.id}: FLUSH of disk ${disk} fails: the controller restarted before it committed the mappings of writes acknowledged earlier, so those writes are lost`);
-    }
-    return "EIO";
+  /** Has the controller commit the mapping changes writes to `disk` relied on: for a FLUSH from a
+   *  connection of registration era `era`, or in the background (null). A FLUSH fails if changes
+   *  its connection may have relied on were lost, also if that came to light while it waited. */
+  private async commitFor(disk: number, era: number | null): Promise<HostErrno | undefined> {
+    const lost = () => era !== null && this.uncommitted.lostFor(disk, era);
+    if (lost()) return "EIO";
+    const outcome = await this.uncommitted.commitDisk(disk, async (run) => (await this.withController((controller) => controller.request("commit", { run }))) !== null);
+    return outcome === "unreachable" || lost() ? "EIO" : undefined;
   }
 
   /** Commits a fault's changes soon without waiting for a FLUSH: then a controller crash after
@@ -315,7 +317,7 @@ export class Agent {
     if (this.commitTimers.has(disk)) return;
     const timer = setTimeout(() => {
       this.commitTimers.delete(disk);
-      this.commitFor(disk, false).catch((error: Error) => this.say(`agent ${this.options.id}: background commit of disk ${disk}: ${error.message}`));
+      this.commitFor(disk, null).catch((error: Error) => this.say(`agent ${this.options.id}: background commit of disk ${disk}: ${error.message}`));
     }, BACKGROUND_COMMIT_MS);
     this.commitTimers.set(disk, timer);
   }
@@ -382,9 +384,11 @@ export class Agent {
       // The controller loads every table before it answers hello; a table it did not send
       // belongs to a disk deleted while we were apart.
       this.reloaded = new Set();
+      const era = this.era.advance();
       await this.forgetEntries();
       const asked = this.lease.now();
-      await peer.request("hello", {
+      const heldRuns = this.uncommitted.runs();
+      const hello = await peer.request("hello", {
         version: PROTOCOL_VERSION,
         role: "agent",
         secret: this.options.secret,
@@ -392,7 +396,9 @@ export class Agent {
         instance: this.instance,
         leaseMs: this.leaseMs,
         nbd: this.nbdAddress.kind === "unix" ? `unix:${this.nbdAddress.path}` : `${this.nbdAddress.host}:${this.nbdAddress.port}`,
+        heldRuns,
       });
+      await this.handBack(peer, hello.run ?? 0, era, heldRuns);
       await this.dropTablesNotReloaded();
       this.renewed(asked);
       this.controller = peer;
@@ -411,6 +417,20 @@ export class Agent {
       const refusal = new RemoteError(error.code, `${error.message}${origin}`);
       for (const listener of this.refusalListeners) listener(refusal);
       return "refused";
+    }
+  }
+
+  /** Hands back the mapping changes of ended controller runs it holds (uncommitted.ts). */
+  private async handBack(peer: ControllerPeer, run: number, era: number, heldRuns: number[]): Promise<void> {
+    if (heldRuns.every((held) => held === run)) return;
+    const lost = await this.uncommitted.handBack(run, era, async (disk, ended, entries) => (await peer.request("restore", { disk, run: ended, entries })).lost);
+    await peer.request("restored", {});
+    for (const disk of lost) {
+      const name = this.tables.get(disk)?.name ?? `${disk}`;
+      this.say(
+        `agent ${this.options.id}: disk ${name}: the controller restarted and could not take back every mapping change it had not committed; ` +
+          "writes acknowledged through them may be lost, so every FLUSH of a connection opened before now fails (reconnect to go on)",
+      );
     }
   }
 
@@ -541,7 +561,10 @@ export class Agent {
 
   private async dropTablesNotReloaded(): Promise<void> {
     const stale = [...this.tables.values()].filter((table) => !this.reloaded.has(table.disk));
-    for (const table of stale) this.tables.delete(table.disk);
+    for (const table of stale) {
+      this.tables.delete(table.disk);
+      this.uncommitted.forget(table.disk);
+    }
     if (stale.length === 0) return;
     await this.broadcastExports();
     for (const table of stale) await this.retire(table);

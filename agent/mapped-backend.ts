@@ -6,6 +6,7 @@ import type { ContainerFiles } from "./storage.ts";
 import type { InflightTracker } from "./inflight.ts";
 import type { QuiesceGates } from "./gates.ts";
 import type { Lease } from "./lease.ts";
+import type { RegistrationEra } from "./registration-era.ts";
 import type { ExportEntry } from "./thread-messages.ts";
 import type { FaultOp } from "../engine/wire/messages.ts";
 import {
@@ -64,8 +65,9 @@ interface Stop {
 
 /** How a worker asks its main thread to handle a fault; resolves when the I/O may be retried. */
 export type FaultSender = (fault: { disk: number; op: FaultOp; offset: number; length: number } & Stop) => Promise<void>;
-/** How a worker has the mapping changes its writes to `disk` relied on committed (at FLUSH). */
-export type CommitSender = (disk: number) => Promise<void>;
+/** How a worker has the mapping changes its writes to `disk` relied on committed (at FLUSH), for a
+ *  connection opened in registration era `era` (see registration-era.ts). */
+export type CommitSender = (disk: number, era: number) => Promise<void>;
 /** Told when a host connection opens (+1) or closes (-1) an export of `disk`. */
 export type OpenCounter = (disk: number, delta: 1 | -1) => void;
 
@@ -80,6 +82,7 @@ export class MappedBackend implements NbdBackend {
     readonly inflight: InflightTracker,
     readonly gates: QuiesceGates,
     readonly lease: Lease,
+    readonly era: RegistrationEra,
     readonly files: ContainerFiles,
     readonly sendFault: FaultSender,
     readonly sendCommit: CommitSender,
@@ -134,6 +137,8 @@ const NO_TOKEN = -1;
 class MappedExport implements ExportHandle {
   readonly info: ExportInfo;
   private readonly disk: number;
+  /** The registration era this connection opened in. */
+  private readonly era: number;
   private stop: Stop = { gone: false, first: 0, last: 0, state: 0 };
 
   constructor(
@@ -142,6 +147,7 @@ class MappedExport implements ExportHandle {
   ) {
     this.info = infoOf(entry);
     this.disk = entry.disk;
+    this.era = backend.era.current;
     backend.countOpen(this.disk, 1);
   }
 
@@ -205,7 +211,7 @@ class MappedExport implements ExportHandle {
     if (!fua) return done;
     return chain(
       () => done,
-      () => this.backend.sendCommit(this.disk),
+      () => this.backend.sendCommit(this.disk, this.era),
     );
   }
 
@@ -268,7 +274,7 @@ class MappedExport implements ExportHandle {
   /** The controller commits the mapping changes this disk's writes relied on (allocations and
    *  copy-on-write are not made durable one by one), then the containers are synced. */
   async flush(): Promise<void> {
-    await this.backend.sendCommit(this.disk);
+    await this.backend.sendCommit(this.disk, this.era);
     this.backend.files.syncAll();
   }
 

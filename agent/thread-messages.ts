@@ -31,6 +31,7 @@ export type ToWorker =
       inflight: SharedArrayBuffer;
       gates: SharedArrayBuffer;
       lease: SharedArrayBuffer;
+      era: SharedArrayBuffer;
       /** The main thread's performance.now() when it sent this (see Lease). */
       clock: number;
       listen: NbdListen[];
@@ -62,7 +63,7 @@ export type FromWorker =
   /** A host connection opened (+1) or closed (-1) an export of `disk`. */
   | { type: "connections"; disk: number; delta: 1 | -1 }
   /** A FLUSH of `disk`: the mapping changes its writes relied on must be committed first. */
-  | { type: "commit"; request: number; disk: number }
+  | { type: "commit"; request: number; disk: number; era: number }
   /** The table was replaced or deleted under a lookup: answer once the worker has the new exports. */
   | { type: "sync"; request: number }
   | { type: "stopped" };

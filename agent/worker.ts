@@ -4,6 +4,7 @@ import { SharedTables, type TablesHandle } from "../wasm/tables.ts";
 import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
 import { Lease } from "./lease.ts";
+import { RegistrationEra } from "./registration-era.ts";
 import { MappedBackend } from "./mapped-backend.ts";
 import { ContainerFiles } from "./storage.ts";
 import { NbdError } from "./nbd/backend.ts";
@@ -44,6 +45,7 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
     inflight,
     gates,
     lease,
+    RegistrationEra.attach(message.era),
     files,
     (fault) => {
       const request = nextRequest++;
@@ -51,7 +53,7 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
       const { gone: _, ...rest } = fault;
       return ask({ type: "fault", request, ...rest });
     },
-    (disk) => ask({ type: "commit", request: nextRequest++, disk }),
+    (disk, era) => ask({ type: "commit", request: nextRequest++, disk, era }),
     (disk, delta) => post({ type: "connections", disk, delta }),
   );
   let tcpPort: number | undefined;

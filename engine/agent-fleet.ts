@@ -74,7 +74,7 @@ export class AgentFleet {
    * dropped every entry it held before it said hello, so a link it had before (cut off, or known
    * from before a restart) ends now; a link still connected ends only with its lease.
    */
-  async register(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
+  async register(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer, handingBack = false): Promise<AgentLink> {
     const before = this.links.get(id);
     // Two processes with one id would take the registration from each other in turn, each
     // dropping the other's tables: while the one registered holds a live lease, another is refused.
@@ -87,15 +87,45 @@ export class AgentFleet {
     }
     const agent = this.newLink(id, nbd, peer, leaseMs, instance);
     this.links.set(id, agent);
+    // An agent handing back what a restart lost keeps its link from before the restart until it is
+    // done (also over a second registration, should the first connection end meanwhile).
+    const guard = handingBack ? this.restoreGuard(before) : null;
+    agent.restoringFrom = guard;
+    if (before?.restoringFrom && before.restoringFrom !== guard) before.restoringFrom.end();
     if (before?.connected) {
       before.peer!.close();
       before.watchLease();
-    } else {
+    } else if (before !== guard) {
       before?.end();
     }
     peer.onClosed(() => agent.watchLease());
     if (this.ctx.catalog.agents.get(id) !== leaseMs) await this.ctx.persist([{ t: "agent", id, leaseMs }]);
     return agent;
+  }
+
+  /** The link from before a restart that stays open while the agent hands back, or null. */
+  private restoreGuard(before: AgentLink | undefined): AgentLink | null {
+    if (!before) return null;
+    if (before.restoringFrom && !before.restoringFrom.over) return before.restoringFrom;
+    return this.fromBefore.includes(before) && !before.over ? before : null;
+  }
+
+  /** Whether `agent` may still hand back lost mapping changes (nothing was changed since). */
+  mayRestore(agent: AgentLink): boolean {
+    return agent.restoringFrom !== null && !agent.restoringFrom.over;
+  }
+
+  /** The agent has handed back everything: changes held back for it go ahead. */
+  restored(agent: AgentLink): void {
+    agent.restoringFrom?.end();
+    agent.restoringFrom = null;
+  }
+
+  /** Sends restored entries to the disk's other agents that may have loaded the old ones since the
+   *  restart (one known only from before has loaded nothing yet). */
+  pushRestored(disk: Disk, segments: number[], except: AgentLink): Promise<void> {
+    const loaded = this.agentsOf(disk.id, except).filter((agent) => !this.fromBefore.includes(agent));
+    return this.pushEntriesTo(loaded, disk, segments, false);
   }
 
   async sendTable(agent: AgentLink, disk: Disk): Promise<void> {

@@ -32,6 +32,12 @@ export class AgentLink {
   renewedAt: number;
   /** Resolves when this link is over: the agent was fenced or registered again. */
   readonly gone: Promise<void>;
+  /**
+   * While the agent hands back mapping changes a controller restart lost (restore.ts): its link
+   * from before the restart, kept open so that no table changes and no block is handed out
+   * before they are back.
+   */
+  restoringFrom: AgentLink | null = null;
   private endGone!: () => void;
   private ended = false;
   private leaseWatch: { cancel(): void } | undefined;
@@ -50,6 +56,10 @@ export class AgentLink {
   ) {
     this.renewedAt = clock.now();
     this.gone = new Promise((resolve) => (this.endGone = resolve));
+  }
+
+  get over(): boolean {
+    return this.ended;
   }
 
   get connected(): boolean {

@@ -40,6 +40,39 @@ export class BuddyAllocator {
     return offset;
   }
 
+  /**
+   * Takes the particular free block at `offset` (an agent hands back a mapping the controller lost
+   * in a restart, and the data written there must stay). False, taking nothing, if any part of it
+   * is in use.
+   */
+  claim(offset: number, shift: number): boolean {
+    const size = 2 ** shift;
+    assert(offset % size === 0 && offset + size <= this.capacityBytes, `claim of ${offset}+${size}: not a block of the container`);
+    if (offset >= this.top) {
+      // Never handed out: everything between the top and the block becomes free, as if allocated.
+      this.addRange(this.top, offset);
+      this.top = offset + size;
+    } else {
+      let level = shift;
+      let start = offset;
+      while (level <= 52 && !this.free.get(level)?.has(start)) {
+        level += 1;
+        start = Math.floor(offset / 2 ** level) * 2 ** level;
+      }
+      if (level > 52) return false;
+      this.free.get(level)!.delete(start);
+      // Split down to the block, freeing the halves it does not lie in.
+      for (let split = level; split > shift; split -= 1) {
+        const half = 2 ** (split - 1);
+        const other = offset >= start + half ? start : start + half;
+        if (offset >= start + half) start += half;
+        this.addFreeNoMerge(other, split - 1);
+      }
+    }
+    this.usedBytesTotal += size;
+    return true;
+  }
+
   /** Returns a block; it merges with its free buddy into larger blocks. */
   release(offset: number, shift: number): void {
     const size = 2 ** shift;

@@ -47,6 +47,14 @@ const diskRecord = object({
 /** Written by compaction: disk ids below `next` were used (deleted disks' too), so a new disk never
  *  takes the id a snapshot's parent had. */
 const diskIdsRecord = object({ t: oneOf("diskids"), next: diskId });
+/**
+ * A controller run begins (at 0, the first record it appends), or, written by compaction, `at`
+ * records of that run came before the snapshot. Recovery counts on from there, so it knows how
+ * many records of each recent run are durable (restore.ts).
+ */
+const runRecord = object({ t: oneOf("run"), id: uint(), at: uint() });
+/** Controller runs whose record counts are kept (an agent hands back changes of the last one or two). */
+export const RUNS_KEPT = 16;
 /** A disk protected (on) or no longer: protected disks are read-only and cannot be deleted. */
 const protectRecord = object({ t: oneOf("protect"), disk: diskId, on: bool });
 const deleteDiskRecord = object({ t: oneOf("rmdisk"), id: diskId });
@@ -90,7 +98,8 @@ export type LogRecord =
   | Infer<typeof agentRecord>
   | Infer<typeof agentGoneRecord>
   | Infer<typeof diskIdsRecord>
-  | Infer<typeof protectRecord>;
+  | Infer<typeof protectRecord>
+  | Infer<typeof runRecord>;
 
 const recordSchemas: Record<string, Schema<LogRecord>> = {
   lun: lunRecord,
@@ -107,6 +116,7 @@ const recordSchemas: Record<string, Schema<LogRecord>> = {
   agentgone: agentGoneRecord,
   diskids: diskIdsRecord,
   protect: protectRecord,
+  run: runRecord,
 };
 
 export interface Lun {
@@ -170,6 +180,9 @@ export class Catalog {
   /** Agents that may hold tables, with their lease in ms. */
   readonly agents = new Map<string, number>();
   private nextDiskId = 1;
+  /** Recent controller runs -> how many records of each (after its "run" record) were applied. */
+  readonly runs = new Map<number, number>();
+  private currentRun: number | null = null;
 
   diskByName(name: string): Disk | undefined {
     for (const disk of this.disks.values()) if (disk.name === name) return disk;
@@ -192,7 +205,14 @@ export class Catalog {
    */
   apply(record: LogRecord): Freed[] {
     const freed: Freed[] = [];
+    if (record.t !== "run" && this.currentRun !== null) this.runs.set(this.currentRun, this.runs.get(this.currentRun)! + 1);
     switch (record.t) {
+      case "run":
+        this.runs.delete(record.id);
+        this.runs.set(record.id, record.at);
+        this.currentRun = record.id;
+        for (const old of this.runs.keys()) if (this.runs.size > RUNS_KEPT) this.runs.delete(old);
+        break;
       case "lun":
         assert(!this.luns.has(record.id), `container ${record.id} added twice`);
         this.luns.set(record.id, { id: record.id, path: record.path, size: record.size, highWater: record.knownZero ? 0 : record.size, failed: null });
@@ -363,6 +383,11 @@ export class Catalog {
     );
   }
 
+  /** How many records of the current controller run were applied: the position of the last one. */
+  get runPosition(): number {
+    return this.currentRun === null ? 0 : this.runs.get(this.currentRun)!;
+  }
+
   /** The records that recreate the current state: what compaction writes. */
   *snapshot(): Generator<LogRecord> {
     yield { t: "diskids", next: this.nextDiskId };
@@ -400,5 +425,7 @@ export class Catalog {
       }
       if (batch) yield batch;
     }
+    // Last, so that the current run is the last one named and records appended later count on.
+    for (const [id, at] of this.runs) yield { t: "run", id, at };
   }
 }

@@ -11,6 +11,7 @@ import { ContainerHealth, HEALTH_CHECK_INTERVAL_MS } from "./container-health.ts
 import { failpoint } from "./failpoints.ts";
 import { FaultQueue } from "./fault-queue.ts";
 import { FaultResolver, type FaultAnswer } from "./faults.ts";
+import { restoreEntries, type RestoreContext } from "./restore.ts";
 import { createSnapshots, diff, rollback, type SnapshotContext } from "./snapshots.ts";
 import { Pool } from "./pool.ts";
 import { ensureSecret, secretsMatch, SECRET_FILE } from "./secret.ts";
@@ -67,6 +68,9 @@ const HELLO_FRAME_BYTES_MAX = 64 * 1024;
 /** Connections beyond this are closed at once (agents and ctl together need few). */
 export const CONNECTIONS_MAX = 1024;
 
+/** ctl requests that change existing tables. */
+const TABLE_CHANGES = new Set(["disk.delete", "disk.protect", "snapshot.create", "snapshot.group", "disk.rollback", "disk.export", "disk.unexport"]);
+
 export interface ControllerOptions {
   dataDir: string;
   control: Address;
@@ -94,10 +98,11 @@ export class Controller {
     persist: (records) => this.persistRecords(records),
     record: (records) => this.recordLater(records),
     isDurable: (position) => this.log.durableRecords >= position,
+    runPosition: () => this.catalog.runPosition,
     commit: () => this.log.commit(),
     run: newRunId(),
     onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
-    allocationReady: () => this.agents.knownAgentsSettled(),
+    tablesSettled: () => this.agents.knownAgentsSettled(),
     release: (freed) => this.releaseSegments(freed),
     pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
     pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
@@ -106,6 +111,15 @@ export class Controller {
     failpoint,
   };
   private readonly faults = new FaultResolver(this.context);
+  private readonly restoring: RestoreContext = {
+    catalog: this.catalog,
+    pool: this.pool,
+    agents: this.agents,
+    run: this.context.run,
+    persist: (records) => this.persistRecords(records),
+    release: (freed) => this.releaseSegments(freed),
+    say: (line) => this.say(line),
+  };
   private readonly faultQueue = new FaultQueue(this.familyLocks, this.faults);
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private listener: Listener | null = null;
@@ -181,6 +195,9 @@ export class Controller {
     }
     this.pool.rebuild();
     this.agents.expectKnownAgents();
+    // This run's first record: from here the log counts its records, so that a later run can tell
+    // which of them were durable when agents hand back what this run left uncommitted (restore.ts).
+    await this.persistRecords([{ t: "run", id: this.context.run, at: 0 }]);
     this.compactedBytes = this.log.sizeBytes;
     if (this.catalog.luns.size === 0) {
       await this.addLun(join(dataDir, DEFAULT_LUN_FILE), this.options.defaultLunBytes ?? DEFAULT_LUN_BYTES);
@@ -218,9 +235,10 @@ export class Controller {
         if (role === "agent") {
           if (!hello.agentId || !hello.nbd) throw new RequestError("EINVAL", "an agent must give agentId and nbd", true);
           if (hello.leaseMs !== undefined && hello.leaseMs < LEASE_MS_MIN) throw new RequestError("EINVAL", `a lease of ${hello.leaseMs} ms is shorter than ${LEASE_MS_MIN} ms`, true);
-          agent = await this.registerAgent(hello.agentId, hello.instance ?? "", hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
+          const handingBack = (hello.heldRuns ?? []).some((run) => run !== this.context.run);
+          agent = await this.registerAgent(hello.agentId, hello.instance ?? "", hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer, handingBack);
         }
-        return { version: PROTOCOL_VERSION, controller: "tabledisk" };
+        return { version: PROTOCOL_VERSION, controller: "tabledisk", run: this.context.run };
       }
       if (!role) throw new RequestError("EPROTO", `${op} before hello`, true);
       if (op === "renew") {
@@ -237,6 +255,15 @@ export class Controller {
         await this.faults.commit((args as ArgsOf<ControllerRequests, "commit">).run);
         return {};
       }
+      if (op === "restore") {
+        if (!agent) throw new RequestError("EPROTO", "only agents restore mappings");
+        return restoreEntries(this.restoring, agent, args as ArgsOf<ControllerRequests, "restore">);
+      }
+      if (op === "restored") {
+        if (!agent) throw new RequestError("EPROTO", "only agents restore mappings");
+        this.agents.restored(agent);
+        return {};
+      }
       if (op === "storage_error") {
         if (!agent) throw new RequestError("EPROTO", "only agents report storage errors");
         const { container, message } = args as ArgsOf<ControllerRequests, "storage_error">;
@@ -249,11 +276,11 @@ export class Controller {
   }
 
   /** Registers an agent and loads it (containers, then a table per disk) before hello is answered. */
-  private async registerAgent(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
+  private async registerAgent(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer, handingBack: boolean): Promise<AgentLink> {
     if (!this.catalog.agents.has(id) && this.catalog.agents.size >= AGENTS_MAX) {
       throw new RequestError("ENOSPC", `the limit of ${AGENTS_MAX} agents is reached`, true);
     }
-    const agent = await this.agents.register(id, instance, nbd, leaseMs, peer);
+    const agent = await this.agents.register(id, instance, nbd, leaseMs, peer, handingBack);
     await this.catalogLock.run("catalog", async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
       for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) await this.agents.sendTable(agent, disk);
@@ -263,6 +290,9 @@ export class Controller {
   }
 
   private async serveCtl(op: string, args: unknown): Promise<unknown> {
+    // After a restart, agents hand back mapping changes the old run had not committed against the
+    // tables as they were recovered (restore.ts): nothing changes them before that is done.
+    if (TABLE_CHANGES.has(op)) await this.agents.knownAgentsSettled();
     switch (op) {
       case "disk.create":
         return this.createDisk(args as ArgsOf<ControllerRequests, "disk.create">);

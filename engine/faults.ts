@@ -24,6 +24,9 @@ export interface TableContext {
    *  needs them, or any persist): they are lost if this controller run ends first. Returns their
    *  position in the log, for `isDurable`. */
   record(records: LogRecord[]): number;
+  /** How many records of this controller run were applied: the position of the last one, in
+   *  the count a later run recovers (see the catalog's "run" record). */
+  runPosition(): number;
   /** Whether the records up to `position` (as `record` returned it) are durable by now. */
   isDurable(position: number): boolean;
   /** Makes every record appended so far durable. */
@@ -34,8 +37,9 @@ export interface TableContext {
   onlyHolder(disk: Disk, agent: object): boolean;
   /** Resolves once no agent can still use mappings this controller lost in a restart (changes
    *  that were never committed): every agent known from before has registered again, dropping
-   *  its entries, or its lease has run out. Blocks are only handed out after that. */
-  allocationReady(): Promise<void>;
+   *  its entries and handing back those changes (restore.ts), or its lease has run out. Tables
+   *  change and blocks are handed out only after that. */
+  tablesSettled(): Promise<void>;
   release(freed: Freed[]): void;
   /** Sends the current entries `segments` of `disk` to its agents (but `except`) and waits until
    *  they applied them (with `blocking`, until their I/O in progress has drained too). */
@@ -58,7 +62,7 @@ export class FaultResolver {
    * again), or the entries may go to another agent or a new incarnation, which would otherwise
    * write through them with nothing for its FLUSH to commit.
    */
-  private readonly uncommittedUpTo = new Map<number, number>();
+  private readonly uncommittedUpTo = new Map<number, { position: number; runPosition: number }>();
 
   constructor(private readonly ctx: TableContext) {}
 
@@ -99,7 +103,8 @@ export class FaultResolver {
   /** The fault's segments as they are now: the agent sets them and retries its request. */
   private retryAnswer(disk: Disk, fault: FaultArgs): FaultAnswer {
     const runs = this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1);
-    return this.uncommitted(disk) ? { action: "retry", first: fault.first, runs, run: this.ctx.run } : { action: "retry", first: fault.first, runs };
+    const upTo = this.uncommitted(disk);
+    return upTo ? { action: "retry", first: fault.first, runs, run: this.ctx.run, at: upTo.runPosition } : { action: "retry", first: fault.first, runs };
   }
 
   /** An agent's FLUSH: the changes its faults were answered with in controller run `run` are made
@@ -117,6 +122,7 @@ export class FaultResolver {
    */
   private async makeWritable(disk: Disk, faults: FaultArgs[], agent: object): Promise<"pool full" | "writable"> {
     const { catalog } = this.ctx;
+    await this.ctx.tablesSettled();
     const zero: number[] = [];
     const exclusive: number[] = [];
     const shared: number[] = [];
@@ -130,7 +136,6 @@ export class FaultResolver {
     // first: a forward delta's move is left uncommitted, and a controller restart that lost it
     // would give the sharer back a segment this disk has written over.
     if (exclusive.length > 0) await this.ctx.commit();
-    if (zero.length + shared.length > 0) await this.ctx.allocationReady();
     const fresh = this.allocate(disk, zero.length + shared.length);
     if (!fresh) return "pool full";
     const records: LogRecord[] = [];
@@ -157,7 +162,7 @@ export class FaultResolver {
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
     if (this.ctx.onlyHolder(disk, agent)) {
-      if (records.length > 0) this.uncommittedUpTo.set(disk.id, this.ctx.record(records));
+      if (records.length > 0) this.uncommittedUpTo.set(disk.id, { position: this.ctx.record(records), runPosition: this.ctx.runPosition() });
     } else {
       await this.ctx.persist(records);
       // The entries may rest on an earlier fault's changes too, which persist commits only along
@@ -169,13 +174,13 @@ export class FaultResolver {
     return "writable";
   }
 
-  /** Whether changes to `disk` this run left uncommitted are still not durable. */
-  private uncommitted(disk: Disk): boolean {
-    const position = this.uncommittedUpTo.get(disk.id);
-    if (position === undefined) return false;
-    if (!this.ctx.isDurable(position)) return true;
+  /** Where the changes to `disk` this run left uncommitted end, while they are not durable. */
+  private uncommitted(disk: Disk): { position: number; runPosition: number } | null {
+    const upTo = this.uncommittedUpTo.get(disk.id);
+    if (upTo === undefined) return null;
+    if (!this.ctx.isDurable(upTo.position)) return upTo;
     this.uncommittedUpTo.delete(disk.id);
-    return false;
+    return null;
   }
 
   /** `count` fresh segments for `disk`, or null (and nothing taken) when the pool is full. */
@@ -256,6 +261,7 @@ export class FaultResolver {
 
   /** TRIM of whole segments: they become Z for this disk only; shared data stays for the others. */
   private async unmap(disk: Disk, first: number, last: number): Promise<void> {
+    await this.ctx.tablesSettled();
     const segments: number[] = [];
     for (let segment = first; segment <= last; segment += 1) if (disk.table.get(segment) !== ZERO_WORD) segments.push(segment);
     if (segments.length === 0) return;

@@ -83,6 +83,11 @@ export class Pool {
     return null;
   }
 
+  /** Takes a particular free block (see BuddyAllocator.claim); false if it is not free. */
+  claim(lun: number, offset: number, shift: number): boolean {
+    return this.allocators.get(lun)?.claim(offset, shift) ?? false;
+  }
+
   release(lun: number, offset: number, shift: number): void {
     this.allocators.get(lun)!.release(offset, shift);
   }

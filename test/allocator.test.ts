@@ -30,6 +30,26 @@ describe("allocator", () => {
     expect(allocator.allocate(KIB64)).toBe(blocks[2]!);
   });
 
+  test("allocator: a particular free block can be claimed (inside a larger free block or above the top), a used one cannot", () => {
+    const allocator = new BuddyAllocator(8 * 2 ** 20);
+    allocator.rebuild([], 4 * 2 ** 20);
+    // Inside the free 4 MiB block: the rest stays free, nothing else is handed out over it.
+    expect(allocator.claim(3 * 2 ** 16, KIB64)).toBe(true);
+    expect(allocator.claim(3 * 2 ** 16, KIB64)).toBe(false);
+    expect(allocator.usedBytes).toBe(2 ** 16);
+    // Above the top (never handed out).
+    expect(allocator.claim(6 * 2 ** 20, MIB)).toBe(true);
+    expect(allocator.claim(6 * 2 ** 20 + 2 ** 16, KIB64)).toBe(false);
+    const taken = new Set<number>();
+    for (let offset = allocator.allocate(KIB64); offset !== null; offset = allocator.allocate(KIB64)) taken.add(offset);
+    expect(taken.has(3 * 2 ** 16)).toBe(false);
+    for (let i = 0; i < 16; i += 1) expect(taken.has(6 * 2 ** 20 + i * 2 ** 16)).toBe(false);
+    expect(taken.size).toBe(8 * 16 - 1 - 16);
+    // Released, it merges back with the rest.
+    allocator.release(3 * 2 ** 16, KIB64);
+    expect(allocator.allocate(KIB64)).toBe(3 * 2 ** 16);
+  });
+
   test("allocator: freed buddies merge back into a large block", () => {
     const allocator = new BuddyAllocator(2 ** 20);
     const small = Array.from({ length: 16 }, () => allocator.allocate(KIB64)!);

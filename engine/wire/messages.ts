@@ -24,6 +24,10 @@ export const LEASE_MS_MAX = 600_000;
 export const LEASE_MS_DEFAULT = 10_000;
 export const INSTANCE_LENGTH_MAX = 64;
 export const WARNING_LENGTH_MAX = 1024;
+/** Mapping entries an agent hands back in one restore request (it sends as many as it needs). */
+export const RESTORE_ENTRIES_MAX = 65536;
+/** Controller runs an agent can hold uncommitted mapping changes of at once (in practice one or two). */
+export const HELD_RUNS_MAX = 64;
 
 const name = str(NAME_LENGTH_MAX, NAME_PATTERN, NAME_RULE);
 const word = uint();
@@ -56,6 +60,9 @@ export const helloArgs = object({
   nbd: optional(str(PATH_LENGTH_MAX)),
   /** An agent's lease (R8): it stops I/O when it has not renewed it for this long. */
   leaseMs: optional(uint(LEASE_MS_MAX)),
+  /** The controller runs whose uncommitted mapping changes the agent holds (from fault answers).
+   *  Changes of an ended run are handed back with "restore", then "restored". */
+  heldRuns: optional(array(uint(), HELD_RUNS_MAX)),
 });
 
 export const DISK_MODES = ["forward", "reverse"] as const;
@@ -112,7 +119,8 @@ export type FaultOp = Infer<typeof faultOp>;
 
 /** Requests the controller serves: from ctl, and faults from agents. */
 export const controllerRequests = {
-  hello: { args: helloArgs, result: object({ version: uint(), controller: str(NAME_LENGTH_MAX) }) },
+  /** `run` names this controller run (as fault answers and commit do). */
+  hello: { args: helloArgs, result: object({ version: uint(), controller: str(NAME_LENGTH_MAX), run: optional(uint()) }) },
   "disk.create": {
     args: object({ name, size: uint(), segmentSize: optional(uint()), mode: optional(mode) }),
     /** With a warning when the disk is larger than the pool's free space (thin: accepted). */
@@ -188,11 +196,26 @@ export const controllerRequests = {
        *  yet: they become durable at the next commit of this controller run, and are lost if the
        *  run ends first. */
       run: optional(uint()),
+      /** With run: the position of the disk's latest uncommitted record in that run's count (see
+       *  restore). */
+      at: optional(uint()),
     }),
   },
   /** An agent's FLUSH needs the mapping changes its faults were answered with (in controller run
    *  `run`) to be durable; fails with ESTALE when that run has ended (those changes are lost). */
   commit: { args: object({ run: uint() }), result: object({}) },
+  /**
+   * After hello, an agent hands back the mapping entries of `disk` it was answered with in an ended
+   * controller run `run` and has not seen committed ([segment, word, at]: `at` as in the answer
+   * that gave it): the controller makes durable those the run had not, and counts as `lost` those
+   * that no longer fit its tables.
+   */
+  restore: {
+    args: object({ disk: diskId, run: uint(), entries: array(tuple<[number, number, number]>(segment, word, uint()), RESTORE_ENTRIES_MAX) }),
+    result: object({ restored: uint(), lost: uint() }),
+  },
+  /** The agent has handed back everything it held (see restore). */
+  restored: { args: object({}), result: object({}) },
 } satisfies Record<string, { args: Schema<unknown>; result: Schema<unknown> }>;
 
 /** Commands the controller sends to agents (R6). */

@@ -13,6 +13,8 @@ export interface ClusterOptions {
   agents: string[];
   /** Size of the controller's default storage container (`--lun-size`). */
   lunSize?: string;
+  /** The controller and the one agent run as one `ctl up` process (CONTROLLER names it too). */
+  combined?: boolean;
 }
 
 export class Cluster {
@@ -32,6 +34,7 @@ export class Cluster {
 
   /** Starts the controller, then every agent, and resolves once each agent is registered. */
   static async start(options: ClusterOptions): Promise<Cluster> {
+    if (options.combined && options.agents.length !== 1) throw new Error("cluster: `ctl up` runs exactly one agent");
     const dir = tempDir("cluster");
     const cluster = new Cluster(dir.path, options, dir.remove);
     await cluster.startController();
@@ -41,7 +44,7 @@ export class Cluster {
 
   /** The running process of the controller or of an agent. */
   child(name: string): Child {
-    const child = name === CONTROLLER ? this.controllerChild : this.agentChildren.get(name);
+    const child = name === CONTROLLER || this.options.combined ? this.controllerChild : this.agentChildren.get(name);
     if (!child) throw new Error(`cluster: no process named ${name}`);
     return child;
   }
@@ -73,13 +76,14 @@ export class Cluster {
   }
 
   async startController(): Promise<void> {
-    const args = ["--control", this.control, "controller", "--data", this.data];
+    const args = ["--control", this.control, ...(this.options.combined ? ["up", "--nbd", `unix:${this.socket(this.options.agents[0]!)}`] : ["controller"]), "--data", this.data];
     if (this.options.lunSize) args.push("--lun-size", this.options.lunSize);
     this.controllerChild = spawnCtl(args, CONTROLLER);
     await this.controllerChild.waitForLine(/^ready:/);
   }
 
   async startAgent(id: string): Promise<void> {
+    if (this.options.combined) return;
     const child = spawnCtl(["--control", this.control, "agent", "--id", id, "--nbd", `unix:${this.socket(id)}`], `agent-${id}`);
     this.agentChildren.set(id, child);
     await child.waitForLine(REGISTERED);
@@ -91,14 +95,24 @@ export class Cluster {
    * a restarted one, and, when the controller was restarted, every other one too.
    */
   async restart(names: string[], signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
-    const controllerToo = names.includes(CONTROLLER);
-    const killedAgents = this.options.agents.filter((id) => names.includes(id));
-    const survivors = this.options.agents.filter((id) => !names.includes(id));
+    await this.startAgain(names, await this.kill(names, signal));
+  }
+
+  /** Kills the named processes at once; returns what `startAgain` needs to start them. */
+  async kill(names: string[], signal: NodeJS.Signals = "SIGKILL"): Promise<Map<string, number>> {
+    const survivors = this.options.combined ? [] : this.options.agents.filter((id) => !names.includes(id));
+    // Where each surviving agent's output stands, to wait for its next registration.
     const marks = new Map(survivors.map((id) => [id, this.child(id).lines.length]));
-    await Promise.all(names.map((name) => this.child(name).kill(signal)));
+    await Promise.all([...new Set(names.map((name) => this.child(name)))].map((child) => child.kill(signal)));
+    return marks;
+  }
+
+  /** Starts the processes `kill` killed (see restart). */
+  async startAgain(names: string[], marks: Map<string, number>): Promise<void> {
+    const controllerToo = names.includes(CONTROLLER) || (this.options.combined === true && names.length > 0);
     if (controllerToo) await this.startController();
-    await Promise.all(killedAgents.map((id) => this.startAgent(id)));
-    if (controllerToo) await Promise.all(survivors.map((id) => this.child(id).waitForLine(REGISTERED, undefined, marks.get(id))));
+    await Promise.all(this.options.agents.filter((id) => names.includes(id)).map((id) => this.startAgent(id)));
+    if (controllerToo) await Promise.all([...marks].map(([id, mark]) => this.child(id).waitForLine(REGISTERED, undefined, mark)));
   }
 
   /** Removes the directory (call after the processes are gone: `reapAll` in afterAll). */

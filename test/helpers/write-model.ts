@@ -116,6 +116,15 @@ const WRITES_PER_FLUSH = 32;
 /** Consecutive writes go this many blocks apart (odd, so a cycle of `blocks` writes covers each block once). */
 const BLOCK_STRIDE = 97;
 
+export interface FlushingWriterOptions {
+  /** Requests kept in flight (default 8). */
+  depth?: number;
+  /** How many writes go before the next FLUSH (asked again after each FLUSH; default 32). */
+  writesPerFlush?: () => number;
+  /** The block write `seq` goes to (default: consecutive writes `BLOCK_STRIDE` blocks apart). */
+  pickBlock?: (seq: number) => number;
+}
+
 /**
  * Keeps a few tagged writes in flight over a disk's first `blocks` blocks, with a FLUSH after every
  * few writes, on one connection at a time; its record spans every connection it has had. A write
@@ -135,14 +144,26 @@ export class FlushingWriter implements WriteHistory {
   private ended = false;
   private stopping = false;
 
-  constructor(readonly blocks: number) {
-    if (blocks < 2 * WRITES_IN_FLIGHT || (blocks & (blocks - 1)) !== 0) {
-      throw new RangeError(`a region of ${blocks} blocks must be a power of two of at least ${2 * WRITES_IN_FLIGHT}`);
+  private depth: number;
+  private readonly writesPerFlush: () => number;
+  private readonly pickBlock: (seq: number) => number;
+  /** blockBySeq[seq]: the block write seq went to. */
+  private readonly blockBySeq: number[] = [0];
+
+  constructor(
+    readonly blocks: number,
+    options: FlushingWriterOptions = {},
+  ) {
+    this.depth = options.depth ?? WRITES_IN_FLIGHT;
+    if (blocks < 2 * this.depth || (blocks & (blocks - 1)) !== 0) {
+      throw new RangeError(`a region of ${blocks} blocks must be a power of two of at least ${2 * this.depth}`);
     }
+    this.writesPerFlush = options.writesPerFlush ?? (() => WRITES_PER_FLUSH);
+    this.pickBlock = options.pickBlock ?? ((seq) => (seq * BLOCK_STRIDE) % this.blocks);
   }
 
   blockOf(seq: number): number {
-    return (seq * BLOCK_STRIDE) % this.blocks;
+    return this.blockBySeq[seq]!;
   }
 
   get lastIssued(): number {
@@ -152,6 +173,11 @@ export class FlushingWriter implements WriteHistory {
   /** Requests the server answered with an error (a few, then a count). */
   get failures(): string[] {
     return shortened(this.failed);
+  }
+
+  /** FLUSHes sent so far, over every connection. */
+  get flushesIssued(): number {
+    return this.flushIssued.length;
   }
 
   get ackedCount(): number {
@@ -172,9 +198,11 @@ export class FlushingWriter implements WriteHistory {
     });
   }
 
-  /** Connects to the export and starts writing. */
-  async start(unixPath: string, exportName: string): Promise<void> {
+  /** Connects to the export and starts writing (with `depth` requests in flight, if given). */
+  async start(unixPath: string, exportName: string, depth = this.depth): Promise<void> {
     if (this.session) throw new Error("writer: already writing");
+    if (depth < 1 || 2 * depth > this.blocks) throw new RangeError(`writer: depth ${depth} for a region of ${this.blocks} blocks`);
+    this.depth = depth;
     const client = await RawNbdClient.connect({ unixPath });
     await client.negotiate(exportName);
     this.stopping = false;
@@ -194,26 +222,31 @@ export class FlushingWriter implements WriteHistory {
   private async run(client: RawNbdClient): Promise<SessionEnd> {
     let inFlight = 0;
     let sinceFlush = 0;
+    let flushAfter = this.writesPerFlush();
     let lastFlushSent = false;
     const send = async (request: Parameters<RawNbdClient["sendRequest"]>[0]) => {
       inFlight += 1;
       await client.sendRequest(request);
     };
     const issue = async () => {
-      if (sinceFlush >= WRITES_PER_FLUSH) {
+      if (sinceFlush >= flushAfter) {
         sinceFlush = 0;
+        flushAfter = this.writesPerFlush();
         this.flushIssued.push(performance.now());
         await send({ type: NBD.CMD_FLUSH, cookie: FLUSH_COOKIE_BASE + BigInt(this.flushIssued.length - 1) });
         return;
       }
       const seq = this.issued.length;
+      const block = this.pickBlock(seq);
+      if (!(Number.isInteger(block) && block >= 0 && block < this.blocks)) throw new RangeError(`writer: block ${block} is outside the region`);
+      this.blockBySeq.push(block);
       this.issued.push(performance.now());
       this.acked.push(0);
       sinceFlush += 1;
       await send({ type: NBD.CMD_WRITE, cookie: BigInt(seq), offset: this.blockOf(seq) * TAGGED_BLOCK_BYTES, data: taggedBlock(seq) });
     };
     try {
-      while (inFlight < WRITES_IN_FLIGHT) await issue();
+      while (inFlight < this.depth) await issue();
       while (inFlight > 0) {
         const reply = await client.readReply(REPLY_WAIT_MS);
         inFlight -= 1;
@@ -222,7 +255,7 @@ export class FlushingWriter implements WriteHistory {
         if (!this.stopping) await issue();
         else if (inFlight === 0 && !lastFlushSent) {
           lastFlushSent = true;
-          sinceFlush = WRITES_PER_FLUSH;
+          sinceFlush = flushAfter;
           await issue();
         }
       }

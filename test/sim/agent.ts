@@ -30,6 +30,8 @@ import { Life, type Scheduler } from "./scheduler.ts";
 import { HostStorage, type SimStorage } from "./storage.ts";
 import type { Trace } from "./trace.ts";
 
+/** The simulated host's connections date from before the agent's first registration (era 1). */
+const CONNECTION_ERA = 0;
 const RECONNECT_DELAY_MIN_MS = 50;
 const RECONNECT_DELAY_MAX_MS = 2_000;
 /** Renewals per lease term, as the real agent does. */
@@ -144,6 +146,8 @@ class AgentProcess implements DataPathContext {
   private gateWaiters: (() => void)[] = [];
   private readonly storageErrorsReporting = new Set<number>();
   private readonly uncommitted = new UncommittedChanges();
+  /** Registrations so far (see agent/registration-era.ts). */
+  private era = 0;
   private readonly commitsPlanned = new Set<number>();
   constructor(
     private readonly host: string,
@@ -206,8 +210,8 @@ class AgentProcess implements DataPathContext {
       }),
     ).catch(hostErrorOf);
     if (answer.action === "error") throw new HostError(answer.errno ?? "EIO", `the controller answered ${answer.errno ?? "EIO"}`);
-    if (answer.run !== undefined) {
-      this.uncommitted.note(request.disk, answer.run);
+    if (answer.run !== undefined && answer.at !== undefined && answer.runs && answer.first !== undefined) {
+      this.uncommitted.note(request.disk, answer.run, answer.first, answer.runs, answer.at);
       this.commitSoon(request.disk);
     }
   }
@@ -216,10 +220,13 @@ class AgentProcess implements DataPathContext {
   async commit(disk: number, flushing = true): Promise<void> {
     // withController throws a HostError when the controller stays out of reach.
     const commit = async (run: number) => Boolean(await this.withController((controller) => controller.request("commit", { run })));
-    const outcome = await this.uncommitted.commitDisk(disk, flushing, commit).catch(hostErrorOf);
-    if (outcome !== "lost") return;
-    this.env.trace.count("flush failed: uncommitted mappings lost");
-    throw new HostError("EIO", "the controller restarted before it committed the mappings of earlier writes");
+    // The simulated host keeps one connection per disk for the agent's life: it is of the era
+    // before any loss (modelled on Agent.commitFor).
+    const lost = () => flushing && this.uncommitted.lostFor(disk, CONNECTION_ERA);
+    if (lost()) throw new HostError("EIO", "mapping changes this connection relied on were lost");
+    const outcome = await this.uncommitted.commitDisk(disk, commit).catch(hostErrorOf);
+    if (outcome === "unreachable") throw new HostError("EIO", "the controller is unreachable");
+    if (lost()) throw new HostError("EIO", "mapping changes this connection relied on were lost");
   }
 
   /** Modelled on Agent.commitSoon. */
@@ -279,16 +286,25 @@ class AgentProcess implements DataPathContext {
         // The controller loads every table before it answers hello; a table it did not send
         // belongs to a disk deleted while we were apart.
         this.reloaded = new Set();
+        const era = ++this.era;
         await this.forgetEntries();
         const asked = this.scheduler.now;
-        await peer.request("hello", {
+        const heldRuns = this.uncommitted.runs();
+        const hello = await peer.request("hello", {
           version: PROTOCOL_VERSION,
           role: "agent",
           agentId: this.host,
           instance: this.instance,
           leaseMs: this.env.leaseMs,
           nbd: `sim:${this.host}`,
+          heldRuns,
         });
+        // Modelled on Agent.handBack.
+        if (heldRuns.some((held) => held !== hello.run)) {
+          const lost = await this.uncommitted.handBack(hello.run ?? 0, era, async (disk, ended, entries) => (await peer.request("restore", { disk, run: ended, entries })).lost);
+          await peer.request("restored", {});
+          if (lost.length > 0) this.env.trace.count("mapping changes lost in a controller restart");
+        }
         await this.dropTablesNotReloaded();
         this.renewed(asked);
         this.controller = peer;

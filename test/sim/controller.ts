@@ -6,6 +6,7 @@
 // possible: hello and registration, the operations' locking, container health. What agents get
 // and when (pushes, quiesce, leases and fencing) is the real AgentFleet.
 // Compaction is left out (the world compacts the log between incarnations instead).
+import { restoreEntries, type RestoreContext } from "../../engine/restore.ts";
 import { AgentFleet, type FleetContext, adjacentRuns } from "../../engine/agent-fleet.ts";
 import type { AgentLink, AgentPeer, LeaseClock } from "../../engine/agent-link.ts";
 import { HEALTH_CHECK_INTERVAL_MS } from "../../engine/container-health.ts";
@@ -74,6 +75,7 @@ export class SimController {
   private readonly context: SnapshotContext;
   private readonly faults: FaultResolver;
   private readonly faultQueue: FaultQueue;
+  private readonly restoring: RestoreContext;
   private readonly clock: LeaseClock;
   private readonly storage: HostStorage;
   private log!: AppendLog;
@@ -93,10 +95,11 @@ export class SimController {
       persist: (records) => this.persistRecords(records),
       record: (records) => this.recordLater(records),
       isDurable: (position) => this.log.durableRecords >= position,
+      runPosition: () => this.catalog.runPosition,
       commit: () => this.commitLog(),
       run: env.newRunId(),
       onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
-      allocationReady: () => this.agents.knownAgentsSettled(),
+      tablesSettled: () => this.agents.knownAgentsSettled(),
       release: (freed) => this.releaseSegments(freed),
       pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
       pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
@@ -119,6 +122,15 @@ export class SimController {
       },
     };
     this.agents = new AgentFleet(fleet, clock);
+    this.restoring = {
+      catalog: this.catalog,
+      pool: this.pool,
+      agents: this.agents,
+      run: this.context.run,
+      persist: (records) => this.persistRecords(records),
+      release: (freed) => this.releaseSegments(freed),
+      say: (line) => env.trace.note(`controller: ${line}`),
+    };
   }
 
   /** Recovery: the real log is opened and replayed, the pool rebuilt from the tables. */
@@ -139,6 +151,8 @@ export class SimController {
 
   /** The pool's first containers, a health check, then the control port. */
   async start(): Promise<void> {
+    // Modelled on Controller.open: the run's first record.
+    await this.persistRecords([{ t: "run", id: this.context.run, at: 0 }]);
     if (this.catalog.luns.size === 0) {
       for (const spec of this.env.containers) {
         await this.persistRecords([{ t: "lun", id: spec.id, path: spec.path, size: spec.sizeBytes, knownZero: true }]);
@@ -256,8 +270,9 @@ export class SimController {
       if (op === "hello") {
         const hello = args as ArgsOf<ControllerRequests, "hello">;
         if (hello.version !== PROTOCOL_VERSION || !hello.agentId || !hello.nbd) throw new RequestError("EPROTO", "bad hello", true);
-        agent = await this.registerAgent(hello.agentId, hello.instance ?? "", hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer);
-        return { version: PROTOCOL_VERSION, controller: "tabledisk" };
+        const handingBack = (hello.heldRuns ?? []).some((run) => run !== this.context.run);
+        agent = await this.registerAgent(hello.agentId, hello.instance ?? "", hello.nbd, hello.leaseMs ?? LEASE_MS_DEFAULT, peer, handingBack);
+        return { version: PROTOCOL_VERSION, controller: "tabledisk", run: this.context.run };
       }
       if (!agent) throw new RequestError("EPROTO", `${op} before hello`, true);
       if (op === "renew") {
@@ -269,6 +284,11 @@ export class SimController {
         await this.faults.commit((args as ArgsOf<ControllerRequests, "commit">).run);
         return {};
       }
+      if (op === "restore") return restoreEntries(this.restoring, agent, args as ArgsOf<ControllerRequests, "restore">);
+      if (op === "restored") {
+        this.agents.restored(agent);
+        return {};
+      }
       if (op === "storage_error") {
         const { container, message } = args as ArgsOf<ControllerRequests, "storage_error">;
         await this.failContainer(container, `agent ${agent.id}: ${message}`);
@@ -278,8 +298,8 @@ export class SimController {
     });
   }
 
-  private async registerAgent(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer): Promise<AgentLink> {
-    const agent = await this.agents.register(id, instance, nbd, leaseMs, peer);
+  private async registerAgent(id: string, instance: string, nbd: string, leaseMs: number, peer: AgentPeer, handingBack: boolean): Promise<AgentLink> {
+    const agent = await this.agents.register(id, instance, nbd, leaseMs, peer, handingBack);
     await this.locked(async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
       for (const disk of this.catalog.disks.values()) await this.agents.sendTable(agent, disk);
