@@ -2,10 +2,22 @@
 // does positioned reads and writes on them (pread/pwrite), with no controller in the way. Small
 // transfers are done on the calling thread (lowest latency); large ones go to the runtime's I/O
 // thread pool, so the NBD thread keeps receiving and sending while the copies run elsewhere.
+//
+// The lease (R8) is checked right before every read and write is made or handed to the pool: a
+// worker preempted or stopped between its lookup and its storage I/O for longer than the lease may
+// hold stale mappings by then. Bun's pool threads run no JavaScript (fs.read and fs.write with a
+// callback queue a native task whose pread/pwrite runs in native code), so for pool transfers the
+// check is the last thing before the task is queued; what remains is the task's wait in the pool's
+// queue, which the controller's fencing grace after the lease covers.
 import { existsSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
 import { PoolTransfers, readOnPool, writeOnPool } from "../engine/util/pool-transfers.ts";
 import { NbdError } from "./nbd/backend.ts";
 import type { ContainerEntry } from "./thread-messages.ts";
+
+/** Whether this agent may still do I/O (agent/lease.ts). */
+export interface LeaseCheck {
+  valid(): boolean;
+}
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
@@ -29,7 +41,10 @@ export class ContainerFiles {
   private zeroChunk: Uint8Array | null = null;
 
   /** `onError` hears of every failed storage operation (the caller gets an EIO NbdError). */
-  constructor(private readonly onError: (container: number, message: string) => void) {}
+  constructor(
+    private readonly onError: (container: number, message: string) => void,
+    private readonly lease: LeaseCheck,
+  ) {}
 
   update(containers: ContainerEntry[]): void {
     for (const { id, path, epoch } of containers) {
@@ -46,6 +61,7 @@ export class ContainerFiles {
     const fd = this.fd(container);
     let done = 0;
     while (done < length) {
+      this.checkLease();
       const got = this.io(container, () => readSync(fd, into, at + done, length - done, position + done));
       if (got === 0) {
         // Past the end of a container file reads as zeros (it may be sparse and shorter).
@@ -60,7 +76,10 @@ export class ContainerFiles {
     stallWhileFlagged();
     const fd = this.fd(container);
     let done = 0;
-    while (done < length) done += this.io(container, () => writeSync(fd, data, at + done, length - done, position + done));
+    while (done < length) {
+      this.checkLease();
+      done += this.io(container, () => writeSync(fd, data, at + done, length - done, position + done));
+    }
   }
 
   /** `read` on the I/O thread pool. */
@@ -69,6 +88,7 @@ export class ContainerFiles {
     await this.pool.using([fd], async () => {
       let done = 0;
       while (done < length) {
+        this.checkLease();
         const got = await this.ioOnPool(container, readOnPool(fd, into, at + done, length - done, position + done));
         if (got === 0) {
           into.fill(0, at + done, at + length);
@@ -85,7 +105,10 @@ export class ContainerFiles {
     const fd = this.fd(container);
     await this.pool.using([fd], async () => {
       let done = 0;
-      while (done < length) done += await this.ioOnPool(container, writeOnPool(fd, data, at + done, length - done, position + done));
+      while (done < length) {
+        this.checkLease();
+        done += await this.ioOnPool(container, writeOnPool(fd, data, at + done, length - done, position + done));
+      }
     });
   }
 
@@ -112,6 +135,11 @@ export class ContainerFiles {
   close(): void {
     for (const fd of this.fds.values()) this.pool.close(fd);
     this.fds.clear();
+  }
+
+  /** Refuses I/O once the lease has run out: the mappings it was looked up with may be stale. */
+  private checkLease(): void {
+    if (!this.lease.valid()) throw new NbdError("EIO", "this agent's lease has expired");
   }
 
   private fd(container: number): number {
