@@ -21,16 +21,18 @@ export interface LeaseCheck {
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
-// Test-only: while the file named by TABLEDISK_STALL_WRITES_WHILE exists, storage writes stall
-// (in flight, inside the I/O's window), so tests can show what waits for in-flight I/O.
-const stallFlag = process.env.TABLEDISK_STALL_WRITES_WHILE ?? "";
+// Test-only: while the file named by TABLEDISK_STALL_WRITES_WHILE (or _READS_WHILE) exists,
+// storage writes (reads) stall in flight, inside the I/O's window, so tests can show what waits for
+// in-flight I/O.
+const stallFlags = { write: process.env.TABLEDISK_STALL_WRITES_WHILE ?? "", read: process.env.TABLEDISK_STALL_READS_WHILE ?? "" };
 const STALL_POLL_MS = 5;
 const stallClock = new Int32Array(new SharedArrayBuffer(4));
 
-function stallWhileFlagged(): void {
-  if (stallFlag === "" || !existsSync(stallFlag)) return;
-  console.error("storage write stalled (test flag)");
-  while (existsSync(stallFlag)) Atomics.wait(stallClock, 0, 0, STALL_POLL_MS);
+function stallWhileFlagged(kind: "read" | "write"): void {
+  const flag = stallFlags[kind];
+  if (flag === "" || !existsSync(flag)) return;
+  console.error(`storage ${kind} stalled (test flag)`);
+  while (existsSync(flag)) Atomics.wait(stallClock, 0, 0, STALL_POLL_MS);
 }
 
 export class ContainerFiles {
@@ -58,6 +60,7 @@ export class ContainerFiles {
   }
 
   read(container: number, into: Uint8Array, at: number, length: number, position: number): void {
+    stallWhileFlagged("read");
     const fd = this.fd(container);
     let done = 0;
     while (done < length) {
@@ -73,7 +76,7 @@ export class ContainerFiles {
   }
 
   write(container: number, data: Uint8Array, at: number, length: number, position: number): void {
-    stallWhileFlagged();
+    stallWhileFlagged("write");
     const fd = this.fd(container);
     let done = 0;
     while (done < length) {
@@ -84,6 +87,7 @@ export class ContainerFiles {
 
   /** `read` on the I/O thread pool. */
   async readOnPool(container: number, into: Uint8Array, at: number, length: number, position: number): Promise<void> {
+    stallWhileFlagged("read");
     const fd = this.fd(container);
     await this.pool.using([fd], async () => {
       let done = 0;
@@ -101,7 +105,7 @@ export class ContainerFiles {
 
   /** `write` on the I/O thread pool. */
   async writeOnPool(container: number, data: Uint8Array, at: number, length: number, position: number): Promise<void> {
-    stallWhileFlagged();
+    stallWhileFlagged("write");
     const fd = this.fd(container);
     await this.pool.using([fd], async () => {
       let done = 0;
