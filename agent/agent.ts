@@ -478,8 +478,9 @@ export class Agent {
    * back for us can go ahead (R8).
    */
   private async forgetEntries(): Promise<void> {
-    for (const table of this.tables.values()) this.shared.fillEntries(table.slot, 0, table.entryCount, INVALID_WORD);
-    await this.inflight.drain();
+    const tables = [...this.tables.values()];
+    for (const table of tables) this.shared.fillEntries(table.slot, 0, table.entryCount, INVALID_WORD);
+    await Promise.all(tables.map((table) => this.inflight.drain(table.slot)));
   }
 
   private checkLease(): void {
@@ -530,7 +531,7 @@ export class Agent {
         const { disks, timeoutMs } = args as ArgsOf<AgentRequests, "quiesce">;
         const tables = disks.map((disk) => this.table(disk));
         for (const table of tables) this.gates.close(table.slot);
-        if (!(await this.inflight.drainWithin(timeoutMs))) {
+        if (!(await this.inflight.drainWithin(tables.map((table) => table.slot), timeoutMs))) {
           this.openGates(tables);
           throw new RequestError("ETIMEDOUT", `agent ${this.options.id}: I/O still in progress after ${timeoutMs} ms; quiesce abandoned`);
         }
@@ -544,14 +545,14 @@ export class Agent {
       case "set_entry": {
         const { disk, first, runs, blocking } = args as ArgsOf<AgentRequests, "set_entry">;
         this.applyRuns(disk, first, runs, true);
-        if (blocking) await this.inflight.drain();
+        if (blocking) await this.inflight.drain(this.table(disk).slot);
         return {};
       }
       case "set_entry_state": {
         const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
         const table = this.table(disk);
         setStates(this.shared, table, first, count, set, clear.length > 0);
-        if (blocking) await this.inflight.drain();
+        if (blocking) await this.inflight.drain(table.slot);
         return {};
       }
       default:
@@ -603,7 +604,7 @@ export class Agent {
   /** Stops lookups on an old table, waits for I/O through it to end, then frees its pages. */
   private async retire(table: Table): Promise<void> {
     this.shared.retireTable(table.slot);
-    await this.inflight.drain();
+    await this.inflight.drain(table.slot);
     this.shared.freeTable(table.slot);
     this.freeSlots.push(table.slot);
     // I/O held by a quiesce whose activate never came (the controller died mid-group) wakes and

@@ -1,20 +1,22 @@
 // The agent's lease (R8), shared by its threads: until when the controller's last renewal lets
-// this agent do I/O. Workers check it right before each storage I/O, so a process that was stopped
-// past its lease does not write on old mappings when it resumes.
+// this agent do I/O. Storage checks it right before each read or write (storage.ts), so a process
+// that was stopped past its lease does not write on old mappings when it resumes.
 //
-// Times are on the main thread's monotonic clock (performance.now(), immune to wall-clock jumps).
-// Each thread has its own performance.now() origin, so a worker learns the offset to the main
-// thread's clock when it starts (off by the message latency, far below the controller's grace).
+// Times are whole milliseconds on the main thread's monotonic clock (performance.now(), immune to
+// wall-clock jumps), in a BigInt64Array cell read and written with Atomics: the main thread moves
+// the end later while workers read it. Each thread has its own performance.now() origin, so a
+// worker learns the offset to the main thread's clock when it starts (off by the message latency,
+// far below the controller's grace).
 
 export class Lease {
-  private readonly cell: Float64Array;
+  private readonly cell: BigInt64Array;
 
   private constructor(
     readonly buffer: SharedArrayBuffer,
     /** Added to this thread's performance.now() to get the main thread's clock. */
     private readonly offsetMs: number,
   ) {
-    this.cell = new Float64Array(buffer);
+    this.cell = new BigInt64Array(buffer);
   }
 
   static create(): Lease {
@@ -31,16 +33,19 @@ export class Lease {
     return performance.now() + this.offsetMs;
   }
 
+  /** The end of the lease, in whole milliseconds. */
   get until(): number {
-    return this.cell[0]!;
+    return Number(Atomics.load(this.cell, 0));
   }
 
-  /** Moves the end of the lease later (never earlier). One writer: the main thread. */
+  /** Moves the end of the lease later (never earlier); `until` is rounded down to a millisecond.
+   *  One writer: the main thread. */
   extend(until: number): void {
-    if (until > this.cell[0]!) this.cell[0] = until;
+    const end = BigInt(Math.floor(until));
+    if (end > Atomics.load(this.cell, 0)) Atomics.store(this.cell, 0, end);
   }
 
   valid(): boolean {
-    return this.now() < this.cell[0]!;
+    return this.now() < this.until;
   }
 }

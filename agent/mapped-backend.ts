@@ -5,7 +5,6 @@ import { NbdError, type BlockExtent, type ExportHandle, type ExportInfo, type Nb
 import type { ContainerFiles } from "./storage.ts";
 import type { InflightTracker } from "./inflight.ts";
 import type { QuiesceGates } from "./gates.ts";
-import type { Lease } from "./lease.ts";
 import type { RegistrationEra } from "./registration-era.ts";
 import type { ExportEntry } from "./thread-messages.ts";
 import type { FaultOp } from "../engine/wire/messages.ts";
@@ -81,7 +80,6 @@ export class MappedBackend implements NbdBackend {
     readonly tables: SharedTables,
     readonly inflight: InflightTracker,
     readonly gates: QuiesceGates,
-    readonly lease: Lease,
     readonly era: RegistrationEra,
     readonly files: ContainerFiles,
     readonly sendFault: FaultSender,
@@ -323,13 +321,14 @@ class MappedExport implements ExportHandle {
     return result === STOPPED ? this.retry(op, offset, length, perform) : result;
   }
 
-  /** One try. The I/O counts as in flight (inflight.ts) until its storage transfers are done, also
-   *  when they finish later on the I/O pool. */
+  /** One try. The I/O counts as in flight for its table slot (inflight.ts) from before its lookup
+   *  until its storage transfers are done, also when they finish later on the I/O pool. Storage
+   *  checks the lease right before each transfer (storage.ts). */
   private attempt<T>(op: Op, offset: number, length: number, perform: () => T | Promise<T>): T | Promise<T> | typeof STOPPED {
     const entry = this.entry();
     if (op === OP_WRITE || op === OP_WRITE_ZEROES) refuseIfReadOnly(entry);
     const { tables, inflight } = this.backend;
-    let token = inflight.begin();
+    let token = inflight.begin(entry.slot);
     try {
       if (this.backend.gates.isClosed(entry.slot)) {
         this.stop = { gone: false, quiesced: true, first: 0, last: 0, state: 0 };
@@ -337,9 +336,6 @@ class MappedExport implements ExportHandle {
       }
       const status = tables.resolve(entry.slot, entry.generation, offset, length, op);
       if (status === STATUS_OK) {
-        // Checked after the lookup, right before storage: an agent stopped past its lease has been
-        // fenced, and its mappings may be stale by now (R8).
-        if (!this.backend.lease.valid()) throw new NbdError("EIO", `disk ${this.info.name}: this agent's lease has expired`);
         const performed = perform();
         if (!(performed instanceof Promise)) return performed;
         const held = token;

@@ -2,23 +2,37 @@
 // does positioned reads and writes on them (pread/pwrite), with no controller in the way. Small
 // transfers are done on the calling thread (lowest latency); large ones go to the runtime's I/O
 // thread pool, so the NBD thread keeps receiving and sending while the copies run elsewhere.
+//
+// The lease (R8) is checked right before every read and write is made or handed to the pool: a
+// worker preempted or stopped between its lookup and its storage I/O for longer than the lease may
+// hold stale mappings by then. Bun's pool threads run no JavaScript (fs.read and fs.write with a
+// callback queue a native task whose pread/pwrite runs in native code), so for pool transfers the
+// check is the last thing before the task is queued; what remains is the task's wait in the pool's
+// queue, which the controller's fencing grace after the lease covers.
 import { existsSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
 import { PoolTransfers, readOnPool, writeOnPool } from "../engine/util/pool-transfers.ts";
 import { NbdError } from "./nbd/backend.ts";
 import type { ContainerEntry } from "./thread-messages.ts";
 
+/** Whether this agent may still do I/O (agent/lease.ts). */
+export interface LeaseCheck {
+  valid(): boolean;
+}
+
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
-// Test-only: while the file named by TABLEDISK_STALL_WRITES_WHILE exists, storage writes stall
-// (in flight, inside the I/O's window), so tests can show what waits for in-flight I/O.
-const stallFlag = process.env.TABLEDISK_STALL_WRITES_WHILE ?? "";
+// Test-only: while the file named by TABLEDISK_STALL_WRITES_WHILE (or _READS_WHILE) exists,
+// storage writes (reads) stall in flight, inside the I/O's window, so tests can show what waits for
+// in-flight I/O.
+const stallFlags = { write: process.env.TABLEDISK_STALL_WRITES_WHILE ?? "", read: process.env.TABLEDISK_STALL_READS_WHILE ?? "" };
 const STALL_POLL_MS = 5;
 const stallClock = new Int32Array(new SharedArrayBuffer(4));
 
-function stallWhileFlagged(): void {
-  if (stallFlag === "" || !existsSync(stallFlag)) return;
-  console.error("storage write stalled (test flag)");
-  while (existsSync(stallFlag)) Atomics.wait(stallClock, 0, 0, STALL_POLL_MS);
+function stallWhileFlagged(kind: "read" | "write"): void {
+  const flag = stallFlags[kind];
+  if (flag === "" || !existsSync(flag)) return;
+  console.error(`storage ${kind} stalled (test flag)`);
+  while (existsSync(flag)) Atomics.wait(stallClock, 0, 0, STALL_POLL_MS);
 }
 
 export class ContainerFiles {
@@ -29,7 +43,10 @@ export class ContainerFiles {
   private zeroChunk: Uint8Array | null = null;
 
   /** `onError` hears of every failed storage operation (the caller gets an EIO NbdError). */
-  constructor(private readonly onError: (container: number, message: string) => void) {}
+  constructor(
+    private readonly onError: (container: number, message: string) => void,
+    private readonly lease: LeaseCheck,
+  ) {}
 
   update(containers: ContainerEntry[]): void {
     for (const { id, path, epoch } of containers) {
@@ -43,9 +60,11 @@ export class ContainerFiles {
   }
 
   read(container: number, into: Uint8Array, at: number, length: number, position: number): void {
+    stallWhileFlagged("read");
     const fd = this.fd(container);
     let done = 0;
     while (done < length) {
+      this.checkLease();
       const got = this.io(container, () => readSync(fd, into, at + done, length - done, position + done));
       if (got === 0) {
         // Past the end of a container file reads as zeros (it may be sparse and shorter).
@@ -57,18 +76,23 @@ export class ContainerFiles {
   }
 
   write(container: number, data: Uint8Array, at: number, length: number, position: number): void {
-    stallWhileFlagged();
+    stallWhileFlagged("write");
     const fd = this.fd(container);
     let done = 0;
-    while (done < length) done += this.io(container, () => writeSync(fd, data, at + done, length - done, position + done));
+    while (done < length) {
+      this.checkLease();
+      done += this.io(container, () => writeSync(fd, data, at + done, length - done, position + done));
+    }
   }
 
   /** `read` on the I/O thread pool. */
   async readOnPool(container: number, into: Uint8Array, at: number, length: number, position: number): Promise<void> {
+    stallWhileFlagged("read");
     const fd = this.fd(container);
     await this.pool.using([fd], async () => {
       let done = 0;
       while (done < length) {
+        this.checkLease();
         const got = await this.ioOnPool(container, readOnPool(fd, into, at + done, length - done, position + done));
         if (got === 0) {
           into.fill(0, at + done, at + length);
@@ -81,11 +105,14 @@ export class ContainerFiles {
 
   /** `write` on the I/O thread pool. */
   async writeOnPool(container: number, data: Uint8Array, at: number, length: number, position: number): Promise<void> {
-    stallWhileFlagged();
+    stallWhileFlagged("write");
     const fd = this.fd(container);
     await this.pool.using([fd], async () => {
       let done = 0;
-      while (done < length) done += await this.ioOnPool(container, writeOnPool(fd, data, at + done, length - done, position + done));
+      while (done < length) {
+        this.checkLease();
+        done += await this.ioOnPool(container, writeOnPool(fd, data, at + done, length - done, position + done));
+      }
     });
   }
 
@@ -112,6 +139,11 @@ export class ContainerFiles {
   close(): void {
     for (const fd of this.fds.values()) this.pool.close(fd);
     this.fds.clear();
+  }
+
+  /** Refuses I/O once the lease has run out: the mappings it was looked up with may be stale. */
+  private checkLease(): void {
+    if (!this.lease.valid()) throw new NbdError("EIO", "this agent's lease has expired");
   }
 
   private fd(container: number): number {

@@ -36,15 +36,14 @@ function ask(message: Extract<FromWorker, { request: number }>): Promise<void> {
 
 async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void> {
   const tables = SharedTables.attach(message.tables as TablesHandle, message.thread);
-  const inflight = InflightTracker.attach(message.inflight, message.thread);
+  const inflight = InflightTracker.attach(message.inflight);
   const gates = QuiesceGates.attach(message.gates);
   const lease = Lease.attach(message.lease, message.clock);
-  const files = new ContainerFiles((container, message) => post({ type: "storage-error", container, message }));
+  const files = new ContainerFiles((container, message) => post({ type: "storage-error", container, message }), lease);
   backend = new MappedBackend(
     tables,
     inflight,
     gates,
-    lease,
     RegistrationEra.attach(message.era),
     files,
     (fault) => {

@@ -163,6 +163,17 @@ export class AgentFleet {
     );
   }
 
+  /** `agent` drops the entries `segments` of `disk` (Invalid) and drains its I/O to the disk; an
+   *  agent that no longer holds the table has nothing to drop. */
+  async dropEntries(agent: AgentLink, disk: Disk, segments: number[]): Promise<void> {
+    if (!agent.disks.has(disk.id)) return;
+    await Promise.all(
+      adjacentRuns(segments).map(([first, count]) =>
+        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking: true })),
+      ),
+    );
+  }
+
   async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
     const count = disk.table.entryCount;
     await Promise.all(

@@ -105,6 +105,7 @@ export class Controller {
     tablesSettled: () => this.agents.knownAgentsSettled(),
     release: (freed) => this.releaseSegments(freed),
     pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
+    dropEntries: (agent, disk, segments) => this.agents.dropEntries(agent as AgentLink, disk, segments),
     pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
     exportDisk: (disk) => this.agents.exportDisk(disk),
     newDiskId: () => this.catalog.newDiskId(),

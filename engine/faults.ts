@@ -44,6 +44,9 @@ export interface TableContext {
   /** Sends the current entries `segments` of `disk` to its agents (but `except`) and waits until
    *  they applied them (with `blocking`, until their I/O in progress has drained too). */
   pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void>;
+  /** Makes `agent` drop the entries `segments` of `disk` (Invalid: its next I/O there faults) and
+   *  waits until its I/O to the disk in progress has drained (the blocking flag). */
+  dropEntries(agent: object, disk: Disk, segments: number[]): Promise<void>;
   /** Test-only crash points (see failpoints.ts). */
   failpoint(name: string): void;
 }
@@ -170,8 +173,23 @@ export class FaultResolver {
       if (this.uncommitted(disk)) await this.ctx.commit();
     }
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
-    await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
+    const changed = [...exclusive, ...zero, ...shared];
+    if (disk.mode === "reverse" || shared.length === 0) await this.ctx.pushEntries(disk, changed, { blocking: false, except: agent });
+    else await this.leaveSharedSegments(disk, changed, shared, agent);
     return "writable";
+  }
+
+  /**
+   * Process 400, step 460: the faulting disk moved off `moved`, and the disks still on them may
+   * write them in place as soon as the family lock is free (No-write just goes once nobody else
+   * shares a segment; a reverse delta keeps it). Before that, every read of this disk still going
+   * to the old segments must have ended, at every agent of the disk: else it returns what another
+   * disk wrote. So the other agents get the new entries with the blocking flag, and the faulting
+   * agent drops the moved ones, blocking; it gets the new entries only with its answer, which names
+   * the controller run whose commit a write through them needs (a push does not).
+   */
+  private async leaveSharedSegments(disk: Disk, changed: number[], moved: number[], agent: object): Promise<void> {
+    await Promise.all([this.ctx.pushEntries(disk, changed, { blocking: true, except: agent }), this.ctx.dropEntries(agent, disk, moved)]);
   }
 
   /** Where the changes to `disk` this run left uncommitted end, while they are not durable. */

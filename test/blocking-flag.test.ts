@@ -1,5 +1,6 @@
 // The blocking flag (R6) through a real agent: with a storage write stalled in flight, a blocking
-// set_entry_state does not answer until that write completes; a non-blocking one answers at once.
+// set_entry_state does not answer until that write completes; a non-blocking one answers at once,
+// and so does a blocking one on another disk.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -20,6 +21,7 @@ beforeAll(async () => {
   await standIn.command("add_container", { id: 1, path: container });
   await standIn.command("new_table", { disk: 1, name: "b", size: 16 * SEGMENT, segmentShift: 16, readOnly: false });
   await standIn.command("set_entry", { disk: 1, first: 0, runs: [[mappedWord(1, 0), 1]], blocking: false });
+  await standIn.command("new_table", { disk: 2, name: "other", size: 16 * SEGMENT, segmentShift: 16, readOnly: false });
 });
 
 afterAll(async () => {
@@ -53,6 +55,9 @@ test("blocking: a blocking set_entry_state waits for a stalled write in flight; 
     });
   // A command sent after it is answered while it still waits: it is really held, not just slow.
   await standIn.command("get_status", { disk: 1, first: 0, count: 2 });
+  expect(blockingDone).toBe(false);
+  // Drains are per disk: a blocking command on another disk answers while this one waits.
+  await standIn.command("set_entry_state", { disk: 2, first: 0, count: 1, set: ["nw"], clear: [], blocking: true });
   expect(blockingDone).toBe(false);
   expect(writeDone).toBe(false);
 

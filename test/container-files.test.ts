@@ -1,6 +1,7 @@
 // The agent's storage path (agent/storage.ts): transfers on the calling thread and on the I/O
 // thread pool give the same bytes, report failures the same way, and a container whose file
-// changes keeps its old descriptor open until the pool transfers on it are done.
+// changes keeps its old descriptor open until the pool transfers on it are done; once the lease has
+// run out nothing is read or written.
 import { afterAll, expect, test } from "bun:test";
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -9,6 +10,7 @@ import { NbdError } from "../agent/nbd/backend.ts";
 import { tempDir } from "./helpers/processes.ts";
 
 const MIB = 2 ** 20;
+const LEASE_LIVE = { valid: () => true };
 const dir = tempDir("container-files");
 afterAll(() => dir.remove());
 
@@ -32,7 +34,7 @@ function openPaths(): string[] {
 test("pool and thread transfers write and read the same bytes; past the end reads as zeros", async () => {
   const path = join(dir.path, "a.img");
   writeFileSync(path, new Uint8Array(2 * MIB));
-  const files = new ContainerFiles(() => {});
+  const files = new ContainerFiles(() => {}, LEASE_LIVE);
   files.update([{ id: 1, path, epoch: 1 }]);
   const data = pattern(MIB, 7);
   await files.writeOnPool(1, data, 0, MIB, MIB);
@@ -56,7 +58,7 @@ test("pool and thread transfers write and read the same bytes; past the end read
 
 test("a failing pool transfer is an EIO NbdError and is reported, like a failing thread transfer", async () => {
   const reported: string[] = [];
-  const files = new ContainerFiles((container, message) => reported.push(`${container}: ${message}`));
+  const files = new ContainerFiles((container, message) => reported.push(`${container}: ${message}`), LEASE_LIVE);
   files.update([{ id: 3, path: "/dev/full", epoch: 1 }]); // every write fails with ENOSPC
   const data = pattern(MIB, 1);
   const failure = await files.writeOnPool(3, data, 0, MIB, 0).catch((error: unknown) => error);
@@ -76,7 +78,7 @@ test("a container moved while pool transfers run keeps its old descriptor until 
   const after = join(dir.path, "after.img");
   writeFileSync(before, new Uint8Array(8 * MIB));
   writeFileSync(after, new Uint8Array(8 * MIB));
-  const files = new ContainerFiles(() => {});
+  const files = new ContainerFiles(() => {}, LEASE_LIVE);
   files.update([{ id: 1, path: before, epoch: 1 }]);
   const data = pattern(MIB, 3);
   const transfers = [0, 1, 2, 3].map((i) => files.writeOnPool(1, data, 0, MIB, i * MIB));
@@ -92,4 +94,32 @@ test("a container moved while pool transfers run keeps its old descriptor until 
   expect(readFileSync(after).subarray(0, MIB)).toEqual(Buffer.from(data));
   files.close();
   expect(openPaths()).not.toContain(after);
+});
+
+test("once the lease has run out, no transfer is made or handed to the pool: EIO, and the container is not blamed", async () => {
+  const path = join(dir.path, "lease.img");
+  writeFileSync(path, pattern(2 * MIB, 5));
+  const reported: string[] = [];
+  let live = true;
+  const files = new ContainerFiles((container, message) => reported.push(`${container}: ${message}`), { valid: () => live });
+  files.update([{ id: 1, path, epoch: 1 }]);
+  const data = new Uint8Array(MIB).fill(0xaa);
+  files.write(1, data, 0, 4096, 0);
+  live = false;
+  for (const attempt of [
+    () => files.write(1, data, 0, 4096, 4096),
+    () => files.writeOnPool(1, data, 0, MIB, MIB),
+    () => files.read(1, new Uint8Array(4096), 0, 4096, 0),
+    () => files.readOnPool(1, new Uint8Array(MIB), 0, MIB, 0),
+  ]) {
+    const failure = await Promise.resolve().then(attempt).catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(NbdError);
+    expect((failure as NbdError).errno).toBe("EIO");
+    expect((failure as Error).message).toContain("lease has expired");
+  }
+  const on = readFileSync(path);
+  expect(on.subarray(0, 4096).every((byte) => byte === 0xaa)).toBe(true);
+  expect(on.subarray(4096)).toEqual(Buffer.from(pattern(2 * MIB, 5).subarray(4096)));
+  expect(reported).toEqual([]);
+  files.close();
 });

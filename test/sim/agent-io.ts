@@ -176,7 +176,7 @@ export class DataPath {
 
   private async attempt<T>(table: ExportedTable, op: Op, offset: number, length: number, perform: (extents: Extent[]) => T): Promise<Attempt<T>> {
     const { tables, inflight } = this.ctx;
-    const token = inflight.begin();
+    const token = inflight.begin(table.slot);
     try {
       if (this.ctx.gates.isClosed(table.slot)) return { done: false, quiesced: true, gone: false, first: 0, last: 0, state: 0 };
       const status = tables.resolve(table.slot, table.generation, offset, length, op);

@@ -24,7 +24,6 @@ import { DataPath, HostError, type DataPathContext, type ExportedTable, type Fau
 import { SimInflight } from "./inflight.ts";
 import type { CrashKind } from "./log-disk.ts";
 import type { SimNetwork } from "./network.ts";
-import type { KnownBug } from "./options.ts";
 import type { Random } from "./random.ts";
 import { Life, type Scheduler } from "./scheduler.ts";
 import { HostStorage, type SimStorage } from "./storage.ts";
@@ -48,7 +47,6 @@ export interface AgentEnv {
   leaseMs: number;
   /** The "ack-unwritten" canary. */
   dropWrites: boolean;
-  reproduce: KnownBug[];
   /** The agent has registered with the controller (dropping every entry it held). */
   registered(): void;
 }
@@ -349,8 +347,9 @@ class AgentProcess implements DataPathContext {
   /** Before hello: every entry goes Invalid and I/O past its lookup finishes, so the controller
    *  may take it that this agent holds nothing stale (R8). */
   private async forgetEntries(): Promise<void> {
-    for (const table of this.byDisk.values()) this.tables.fillEntries(table.slot, 0, table.entryCount, INVALID_WORD);
-    await this.inflight.drain();
+    const tables = [...this.byDisk.values()];
+    for (const table of tables) this.tables.fillEntries(table.slot, 0, table.entryCount, INVALID_WORD);
+    await Promise.all(tables.map((table) => this.inflight.drain(table.slot)));
   }
 
   /** The lease ran out: every entry reverts to Invalid, and storage I/O is refused. */
@@ -380,7 +379,7 @@ class AgentProcess implements DataPathContext {
         const { disks, timeoutMs } = args as ArgsOf<AgentRequests, "quiesce">;
         const tables = disks.map((disk) => this.table(disk));
         for (const table of tables) this.gates.close(table.slot);
-        if (!(await this.inflight.drainWithin(timeoutMs, this.scheduler, this.life))) {
+        if (!(await this.inflight.drainWithin(tables.map((table) => table.slot), timeoutMs, this.scheduler, this.life))) {
           this.openGates(tables);
           throw new RequestError("ETIMEDOUT", `agent ${this.host}: I/O still in progress after ${timeoutMs} ms; quiesce abandoned`);
         }
@@ -394,14 +393,14 @@ class AgentProcess implements DataPathContext {
       case "set_entry": {
         const { disk, first, runs, blocking } = args as ArgsOf<AgentRequests, "set_entry">;
         this.applyRuns(disk, first, runs, true);
-        if (blocking) await this.inflight.drain();
+        if (blocking) await this.inflight.drain(this.table(disk).slot);
         return {};
       }
       case "set_entry_state": {
         const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
         const table = this.table(disk);
         setStates(this.tables, table, first, count, set, clear.length > 0);
-        if (blocking) await this.inflight.drain();
+        if (blocking) await this.inflight.drain(table.slot);
         return {};
       }
       default:
@@ -436,7 +435,7 @@ class AgentProcess implements DataPathContext {
   /** Stops lookups on an old table, waits for I/O through it to end, then frees its slot. */
   private async retire(table: Table): Promise<void> {
     this.tables.retireTable(table.slot);
-    await this.inflight.drain();
+    await this.inflight.drain(table.slot);
     this.tables.freeTable(table.slot);
     this.usedSlots.delete(table.slot);
     this.freeSlots.push(table.slot);

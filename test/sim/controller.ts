@@ -7,7 +7,7 @@
 // and when (pushes, quiesce, leases and fencing) is the real AgentFleet.
 // Compaction is left out (the world compacts the log between incarnations instead).
 import { restoreEntries, type RestoreContext } from "../../engine/restore.ts";
-import { AgentFleet, type FleetContext, adjacentRuns } from "../../engine/agent-fleet.ts";
+import { AgentFleet, type FleetContext } from "../../engine/agent-fleet.ts";
 import type { AgentLink, AgentPeer, LeaseClock } from "../../engine/agent-link.ts";
 import { HEALTH_CHECK_INTERVAL_MS } from "../../engine/container-health.ts";
 import { appendAndApply, Catalog, parseRecord, type Disk, type DiskMode, type Freed, type LogRecord } from "../../engine/catalog.ts";
@@ -33,7 +33,6 @@ import type { Stream } from "../../engine/wire/transport.ts";
 import { entryContainer } from "../../wasm/entry.ts";
 import type { CrashKind, SimLogDisk } from "./log-disk.ts";
 import type { SimNetwork } from "./network.ts";
-import type { KnownBug } from "./options.ts";
 import { Life, type Scheduler } from "./scheduler.ts";
 import { BLOCK_BYTES, CONTROLLER_HOST, HostStorage, type SimStorage } from "./storage.ts";
 import type { Trace } from "./trace.ts";
@@ -57,7 +56,6 @@ export interface ControllerEnv {
   failpoint(name: string): void;
   /** What the pool's container I/O becomes (the canary breaks it); identity by default. */
   containerIo(io: ContainerIo): ContainerIo;
-  reproduce: KnownBug[];
   /** A name for a new controller run, different from every earlier one. */
   newRunId(): number;
 }
@@ -101,7 +99,8 @@ export class SimController {
       onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
       tablesSettled: () => this.agents.knownAgentsSettled(),
       release: (freed) => this.releaseSegments(freed),
-      pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
+      pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
+      dropEntries: (agent, disk, segments) => this.agents.dropEntries(agent as AgentLink, disk, segments),
       pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
       exportDisk: (disk) => this.agents.exportDisk(disk),
       newDiskId: () => this.catalog.newDiskId(),
@@ -414,31 +413,6 @@ export class SimController {
 
   private releaseSegments(freed: Freed[]): void {
     for (const { lun, offset, shift } of freed) this.pool.release(lun, offset, shift);
-  }
-
-  /**
-   * How fault handling pushes entries: as it asks, or, working around a known bug, a fault's
-   * final push (non-blocking, to all but the faulting agent) blocking, and then a blocking
-   * invalidation of the segments at the faulting agent (last, as its answer would be). The
-   * faulting agent gets the new entries only with the answer, as from the real controller: the
-   * answer names the controller run whose commit writes through uncommitted mappings need, a
-   * push does not, so a write through a pushed entry could be flushed before the agent knew.
-   */
-  private async faultPush(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
-    if (options.blocking || !options.except || this.env.reproduce.includes("stale-read-after-forward-delta")) {
-      return this.agents.pushEntries(disk, segments, options);
-    }
-    await this.agents.pushEntries(disk, segments, { blocking: true, except: options.except });
-    // The answers set the faults' ranges whole; the segments of a batch of faults may lie apart,
-    // so each run of adjacent ones is invalidated on its own.
-    const faulting = this.agents.agentsOf(disk.id).filter((agent) => agent === options.except);
-    await Promise.all(
-      faulting.flatMap((agent) =>
-        adjacentRuns(segments).map(([first, count]) =>
-          agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking: true })),
-        ),
-      ),
-    );
   }
 
   private diskNamed(name: string): Disk {

@@ -1,17 +1,19 @@
 // The simulated agent's record of I/O in progress, with the semantics of agent/inflight.ts: a
-// drain waits for every I/O that had begun when it was asked for, not for I/O that begins later.
+// drain of a table slot waits for every I/O to that slot that had begun when it was asked for, not
+// for I/O that begins later nor for other slots' I/O.
 // (The real tracker waits on shared memory with real timeouts; this one is driven by the sim.)
 import { assert } from "../../engine/util/assert.ts";
 import type { Life, Scheduler } from "./scheduler.ts";
 
 export class SimInflight {
   private next = 1;
-  private readonly live = new Set<number>();
+  /** Each I/O in progress, with its table slot. */
+  private readonly live = new Map<number, number>();
   private waiters: { pending: Set<number>; resolve: () => void }[] = [];
 
-  begin(): number {
+  begin(slot: number): number {
     const token = this.next++;
-    this.live.add(token);
+    this.live.set(token, slot);
     return token;
   }
 
@@ -24,14 +26,16 @@ export class SimInflight {
     for (const waiter of done) waiter.resolve();
   }
 
-  /** Resolves once every I/O in progress now has ended. */
-  drain(): Promise<void> {
-    if (this.live.size === 0) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push({ pending: new Set(this.live), resolve }));
+  /** Resolves once every I/O to `slot` in progress now has ended. */
+  drain(slot: number): Promise<void> {
+    const pending = new Set([...this.live].filter(([, of]) => of === slot).map(([token]) => token));
+    if (pending.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ pending, resolve }));
   }
 
-  /** Like drain, but gives up after `timeoutMs`: true when everything in flight has ended. */
-  drainWithin(timeoutMs: number, scheduler: Scheduler, life: Life): Promise<boolean> {
-    return Promise.race([this.drain().then(() => true), scheduler.sleep(timeoutMs, life).then(() => false)]);
+  /** Drains every slot of `slots`, giving up after `timeoutMs`: true when everything in flight has ended. */
+  drainWithin(slots: number[], timeoutMs: number, scheduler: Scheduler, life: Life): Promise<boolean> {
+    const drained = Promise.all(slots.map((slot) => this.drain(slot))).then(() => true);
+    return Promise.race([drained, scheduler.sleep(timeoutMs, life).then(() => false)]);
   }
 }

@@ -48,24 +48,8 @@ export const NO_FAULTS: FaultRates = {
  * whose copy does nothing (copy-on-write loses the old contents); "ack-unwritten" makes agents
  * acknowledge writes without storing them.
  */
-export type Canary = "skip-copy" | "ack-unwritten";
-
-/**
- * Product bugs the simulator found that are not fixed yet. The simulated agent behaves as if they
- * were fixed unless a run asks to reproduce them (the skipped tests named for them do), so that
- * the seeds run in CI check everything else:
- * - "stale-read-after-forward-delta" (engine/faults.ts, process 400): the faulting disk moves off
- *   a shared segment with a non-blocking push, so a read of that disk already past its lookup
- *   (at any agent, the faulting one too) may read the old segment after the fault is answered,
- *   when its remaining holder may already write it in place (No-write cleared once it is the
- *   last holder, or reverse delta): the read returns another disk's data. Worked around in the
- *   simulated controller's glue, which pushes a fault's entries to the other agents with the
- *   blocking flag and invalidates them, blocking, at the faulting agent (which gets them with the
- *   answer). (The product's drain is per agent, not per disk, so doing that in engine/faults.ts
- *   would let a stalled I/O on one disk hold up copy-on-write on others.)
- */
-export const KNOWN_BUGS = ["stale-read-after-forward-delta"] as const;
-export type KnownBug = (typeof KNOWN_BUGS)[number];
+export const CANARIES = ["skip-copy", "ack-unwritten"] as const;
+export type Canary = (typeof CANARIES)[number];
 
 export interface SimOptions {
   seed: number;
@@ -76,8 +60,6 @@ export interface SimOptions {
   /** Every host writes to every disk at the same time (by default a disk has one writer host at
    *  a time, moving now and then, and any host reads). */
   sharedWriters?: boolean;
-  /** Known product bugs to reproduce instead of working around. */
-  reproduce?: KnownBug[];
   /** Receives every trace line as it happens (for replaying a seed). */
   echo?: (line: string) => void;
 }

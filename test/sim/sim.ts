@@ -90,7 +90,6 @@ async function simulate(options: SimOptions, scheduler: Scheduler, trace: Trace,
     disks: new DiskRegistry(),
     containers,
     canary: options.canary,
-    reproduce: options.reproduce ?? [],
   });
   world.injector = new Injector(scheduler, random.fork(), trace, world, rates);
   const restoreConsole = captureConsole(trace, (text) => world.violate(`internal error: ${text}`));

@@ -2,12 +2,12 @@
 // that replays it.
 //
 //   bun test/sim/soak.ts [--seeds N] [--from S] [--duration MS] [--shared-writers] [--no-faults]
-//                        [--reproduce BUG]... [--trace]
+//                        [--canary NAME] [--trace]
 //
 // --trace prints every line of each run's trace (use it with --seeds 1 to replay one seed);
-// --reproduce runs with a known product bug as it is instead of working around it (options.ts).
+// --canary runs with one of the deliberate breaks of options.ts (to replay how it fails).
 import { parseArgs } from "node:util";
-import { KNOWN_BUGS, NO_FAULTS, type KnownBug } from "./options.ts";
+import { CANARIES, NO_FAULTS, type Canary } from "./options.ts";
 import { runSimulation } from "./sim.ts";
 
 const { values } = parseArgs({
@@ -17,7 +17,7 @@ const { values } = parseArgs({
     duration: { type: "string" },
     "shared-writers": { type: "boolean", default: false },
     "no-faults": { type: "boolean", default: false },
-    reproduce: { type: "string", multiple: true, default: [] },
+    canary: { type: "string" },
     trace: { type: "boolean", default: false },
   },
 });
@@ -25,16 +25,16 @@ const { values } = parseArgs({
 const count = Number(values.seeds);
 const from = Number(values.from);
 const durationMs = values.duration === undefined ? undefined : Number(values.duration);
-const reproduce = values.reproduce as KnownBug[];
+const canary = values.canary as Canary | undefined;
 if (
   !Number.isSafeInteger(count) ||
   count < 1 ||
   !Number.isSafeInteger(from) ||
   (durationMs !== undefined && !(durationMs > 0)) ||
-  reproduce.some((bug) => !KNOWN_BUGS.includes(bug))
+  (canary !== undefined && !CANARIES.includes(canary))
 ) {
-  console.error("usage: bun test/sim/soak.ts [--seeds N] [--from S] [--duration MS] [--shared-writers] [--no-faults] [--reproduce BUG]... [--trace]");
-  console.error(`known bugs: ${KNOWN_BUGS.join(", ")}`);
+  console.error("usage: bun test/sim/soak.ts [--seeds N] [--from S] [--duration MS] [--shared-writers] [--no-faults] [--canary NAME] [--trace]");
+  console.error(`canaries: ${CANARIES.join(", ")}`);
   process.exit(2);
 }
 
@@ -42,7 +42,7 @@ const flags = [
   values["shared-writers"] ? " --shared-writers" : "",
   values["no-faults"] ? " --no-faults" : "",
   durationMs ? ` --duration ${durationMs}` : "",
-  ...reproduce.map((bug) => ` --reproduce ${bug}`),
+  canary ? ` --canary ${canary}` : "",
 ].join("");
 const failed: number[] = [];
 const totals = new Map<string, number>();
@@ -53,7 +53,7 @@ for (let seed = from; seed < from + count; seed += 1) {
     durationMs,
     sharedWriters: values["shared-writers"],
     faults: values["no-faults"] ? NO_FAULTS : undefined,
-    reproduce,
+    canary,
     echo: values.trace ? (line) => console.log(line) : undefined,
   });
   for (const [kind, n] of Object.entries(result.counts)) totals.set(kind, (totals.get(kind) ?? 0) + n);

@@ -12,7 +12,7 @@ import type { Chaos, Injector } from "./injector.ts";
 import type { CrashKind, SimLogDisk } from "./log-disk.ts";
 import type { Model } from "./model.ts";
 import type { SimNetwork } from "./network.ts";
-import type { Canary, KnownBug } from "./options.ts";
+import type { Canary } from "./options.ts";
 import type { Random } from "./random.ts";
 import { Life, type Scheduler } from "./scheduler.ts";
 import type { SimStorage } from "./storage.ts";
@@ -33,7 +33,6 @@ export interface WorldParts {
   disks: DiskRegistry;
   containers: ContainerSpec[];
   canary: Canary | undefined;
-  reproduce: KnownBug[];
 }
 
 export class World implements Chaos, ControlPlane {
@@ -102,7 +101,6 @@ export class World implements Chaos, ControlPlane {
       storage,
       leaseMs: LEASE_MS,
       dropWrites: canary === "ack-unwritten",
-      reproduce: this.parts.reproduce,
       registered: () => {
         // Once every running agent has registered with the new controller, none can still use a
         // mapping the crashed one had not committed.
@@ -135,7 +133,6 @@ export class World implements Chaos, ControlPlane {
         throw new Error(`the controller crashed at failpoint ${name}`);
       },
       containerIo: (io) => (canary === "skip-copy" ? skipCopy(io) : io),
-      reproduce: this.parts.reproduce,
       newRunId: () => ++this.controllerRuns,
     });
     this.controller = controller;
