@@ -138,6 +138,8 @@ export class AppendLog {
   private readonly roomChunkBytes: number;
   /** The reserve the latest admission kept free: the room to keep after a compaction too. */
   private reserveBytes = 0;
+  /** Growing the file failed for want of space (see `makeRoom`). */
+  private lacksRoom = false;
   private readonly onFailure: ((error: Error) => void) | undefined;
   private fileRecords: number;
   private nextSeq: number;
@@ -289,23 +291,26 @@ export class AppendLog {
 
   /**
    * Grows the file with zeros until `end` bytes are written, a chunk beyond when the space is
-   * there, just `end` when not.
-   * @throws LogFullError when not even `end` can be had.
+   * there, just `end` when not. Once it has refused, the log takes nothing until a whole chunk
+   * can be had again: changes small enough for the last bytes do not trickle through.
+   * @throws LogFullError when it cannot have what it needs.
    */
   private makeRoom(end: number): void {
-    if (end <= this.allocatedEnd) return;
-    const generous = end + this.roomChunkBytes;
-    for (const target of [generous, end]) {
+    if (end <= this.allocatedEnd && !this.lacksRoom) return;
+    const targets = this.lacksRoom ? [end + this.roomChunkBytes] : [end + this.roomChunkBytes, end];
+    for (const target of targets) {
       try {
-        this.allocatedEnd = extendWithZeros(this.fd, this.allocatedEnd, target);
+        this.allocatedEnd = Math.max(this.allocatedEnd, extendWithZeros(this.fd, this.allocatedEnd, target));
+        this.lacksRoom = false;
         return;
       } catch (err) {
         if (!isNoSpace(err)) throw new Error(`${this.label}: cannot grow the file: ${errorMessage(err)}`, { cause: err });
         this.allocatedEnd = Math.max(this.allocatedEnd, fs.fstatSync(this.fd).size);
-        if (end <= this.allocatedEnd) return;
+        if (!this.lacksRoom && end <= this.allocatedEnd) return;
       }
     }
-    throw new LogFullError(this.path, end - this.allocatedEnd, freeBytesOn(this.path));
+    this.lacksRoom = true;
+    throw new LogFullError(this.path, targets.at(-1)! - this.allocatedEnd, freeBytesOn(this.path));
   }
 
   /** Resolves once every record appended before this call is durable. */
