@@ -180,6 +180,9 @@ export class TablesLog {
     if (this.stopped) return;
     this.stopped = new RequestError("EIO", `the controller has stopped: ${error.message}; a restart recovers what was committed`);
     clearTimeout(this.commitTimer);
-    this.options.onFatal(this.stopped);
+    // The requests that failed with it are answered first (their answers go out on the next
+    // turns of the event loop), so agents and ctl hear why rather than see a connection drop.
+    const stopped = this.stopped;
+    setImmediate(() => setImmediate(() => this.options.onFatal(stopped)));
   }
 }

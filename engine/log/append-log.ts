@@ -406,10 +406,10 @@ export class AppendLog {
       try {
         await this.writeBatch(batch);
       } catch (err) {
-        this.fail(err, "commit");
         // What the failed batch may have left in the file was never acknowledged: a restart must
         // not find it (the page cache may still hold it although the disk does not).
         truncateQuietly(this.fd, this.fileBytes);
+        this.fail(err, "commit");
       }
     }
   }
