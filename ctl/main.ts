@@ -120,7 +120,7 @@ program
   .requiredOption("--data <dir>", "data directory (created with a default storage container when absent)")
   .option("--nbd <addr>", "NBD address, HOST:PORT or unix:PATH", addressOption, DEFAULT_NBD_ADDRESS)
   .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
-  .option("--log-compact-slack <size>", "compact the controller's log once it grows this much past its live state", sizeOption)
+  .option("--log-compact-slack <size>", "compact the controller's log once it has grown past its compacted size by that size or by this much, whichever is more (default 4M)", sizeOption)
   .option("--workers <n>", "NBD worker threads", countOption)
   .option("--lease <ms>", "the agent's lease: without a renewal for this long it stops I/O", countOption)
   .action(async (options: { data: string; nbd: string; lunSize?: number; logCompactSlack?: number; workers?: number; lease?: number }) => {
@@ -133,7 +133,7 @@ program
   .description("run the controller alone in the foreground")
   .requiredOption("--data <dir>", "data directory")
   .option("--lun-size <size>", "size of the default storage container when it is created", sizeOption)
-  .option("--log-compact-slack <size>", "compact the controller's log once it grows this much past its live state", sizeOption)
+  .option("--log-compact-slack <size>", "compact the controller's log once it has grown past its compacted size by that size or by this much, whichever is more (default 4M)", sizeOption)
   .action(async (options: { data: string; lunSize?: number; logCompactSlack?: number }) => {
     const { runController } = await loadServe();
     await runController({ ...options, control: controlAddress(), secretFile: secretFileOption() });

@@ -41,6 +41,12 @@ function startController(options: ControllerFlags): Promise<Controller> {
     secretFile: options.secretFile,
     defaultLunBytes: options.lunSize,
     compactSlackBytes: options.logCompactSlack,
+    // As PostgreSQL after a failed fsync: what the controller holds may be more than its log, so it
+    // acknowledges nothing more and exits; a restart recovers what was committed.
+    onFatal: (error) => {
+      process.stderr.write(`ctl: fatal: ${error.message}\n`);
+      process.exit(1);
+    },
   });
 }
 

@@ -166,11 +166,35 @@ export function parseRecord(value: unknown): LogRecord {
   return schema(value, "record");
 }
 
-/** Appends `records` to the log (durable at its next commit) and applies them, in that order;
- *  returns the segments they left unreferenced. */
-export function appendAndApply(log: { append(record: object): void }, catalog: Catalog, records: LogRecord[]): Freed[] {
-  for (const record of records) log.append(record);
-  return records.flatMap((record) => catalog.apply(record));
+/** A change whose records did not all apply: none was appended, but the catalog may hold part of
+ *  it, so it no longer matches the log. */
+export class ChangeNotAppliedError extends Error {
+  override name = "ChangeNotAppliedError";
+}
+
+/** The log calls `appendAndApply` needs: admit a change (or refuse it, changing nothing), append it. */
+export interface ChangeLog<Prepared> {
+  prepare(records: readonly object[], reserveBytes?: number): Prepared;
+  appendPrepared(prepared: Prepared): void;
+}
+
+/**
+ * Has the log admit `records` (room for them and `reserveBytes` more), applies them, and only then
+ * appends them (durable at the log's next commit): the log never holds a record that recovery
+ * cannot apply. Returns the segments they left unreferenced.
+ * @throws what the log's admission throws (nothing changed), or ChangeNotAppliedError.
+ */
+export function appendAndApply<Prepared>(log: ChangeLog<Prepared>, catalog: Catalog, records: LogRecord[], reserveBytes = 0): Freed[] {
+  const prepared = log.prepare(records, reserveBytes);
+  const freed: Freed[] = [];
+  try {
+    for (const record of records) freed.push(...catalog.apply(record));
+  } catch (error) {
+    const kinds = records.map((record) => record.t).join("+");
+    throw new ChangeNotAppliedError(`a ${kinds} change did not apply (${(error as Error).message}); it was not logged`, { cause: error });
+  }
+  log.appendPrepared(prepared);
+  return freed;
 }
 
 export class Catalog {

@@ -3,9 +3,9 @@
 import { existsSync, mkdirSync, statSync, closeSync, openSync, ftruncateSync, fsyncSync } from "node:fs";
 import { dirname, isAbsolute, join, resolve as resolvePath } from "node:path";
 import { lockDataDir, type DataLock } from "./data-lock.ts";
-import { AppendLog } from "./log/append-log.ts";
 import { fsyncDirSync } from "./log/log-io.ts";
-import { appendAndApply, Catalog, parseRecord, type Disk, type Freed, type LogRecord } from "./catalog.ts";
+import { Catalog, type Disk, type Freed, type LogRecord } from "./catalog.ts";
+import { TablesLog } from "./tables-log.ts";
 import { checkConsistency } from "./check.ts";
 import { ContainerHealth, HEALTH_CHECK_INTERVAL_MS } from "./container-health.ts";
 import { failpoint } from "./failpoints.ts";
@@ -25,7 +25,6 @@ import {
   CONTAINERS_MAX,
   DIFF_RANGES_MAX,
   DISKS_MAX,
-  BACKGROUND_COMMIT_MS,
   LEASE_MS_DEFAULT,
   LUN_FAILURE_LENGTH_MAX,
   LEASE_MS_MIN,
@@ -57,8 +56,6 @@ export const DEFAULT_SEGMENT_BYTES = 2 ** 20;
 export const DISK_ENTRIES_MAX = 2 ** 32;
 /** Disk sizes are whole 512-byte sectors, as NBD clients expect. */
 export const DISK_SIZE_ALIGN_BYTES = 512;
-/** Compact when the log has grown this much beyond the size of the live state. */
-export const COMPACT_SLACK_BYTES_DEFAULT = 64 * 2 ** 20;
 /** How long a consistency group waits for agents to finish their I/O in progress. */
 export const GROUP_QUIESCE_TIMEOUT_MS_DEFAULT = 5_000;
 /** A connection that has not said hello by then is closed (it holds a socket and nothing else). */
@@ -79,6 +76,9 @@ export interface ControllerOptions {
   defaultLunBytes?: number;
   compactSlackBytes?: number;
   log?: (line: string) => void;
+  /** The controller cannot go on (its log failed): it has stopped taking changes and must exit.
+   *  Without it, the controller only says so and refuses every change from then on. */
+  onFatal?: (error: Error) => void;
 }
 
 export class Controller {
@@ -97,9 +97,9 @@ export class Controller {
     pool: this.pool,
     persist: (records) => this.persistRecords(records),
     record: (records) => this.recordLater(records),
-    isDurable: (position) => this.log.durableRecords >= position,
+    isDurable: (position) => this.tables.isDurable(position),
     runPosition: () => this.catalog.runPosition,
-    commit: () => this.log.commit(),
+    commit: () => this.tables.commit(),
     run: newRunId(),
     onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
     tablesSettled: () => this.agents.knownAgentsSettled(),
@@ -124,17 +124,13 @@ export class Controller {
   private readonly faultQueue = new FaultQueue(this.familyLocks, this.faults);
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private listener: Listener | null = null;
-  private log!: AppendLog;
+  private tables!: TablesLog;
   private dataLock: DataLock | null = null;
   private controlSecret = "";
   private readonly health = new ContainerHealth();
   private healthTimer: Timer | undefined;
-  /** Commits records left uncommitted by faults, so a host that never flushes loses little. */
-  private commitTimer: Timer | undefined;
   private checkingHealth = false;
   private connections = 0;
-  private compactedBytes = 0;
-  private compacting: Promise<void> | null = null;
   private readonly say: (line: string) => void;
 
   private constructor(private readonly options: ControllerOptions) {
@@ -166,11 +162,9 @@ export class Controller {
 
   async stop(): Promise<void> {
     clearInterval(this.healthTimer);
-    clearTimeout(this.commitTimer);
     this.listener?.stop(true);
     this.agents.endAll();
-    await this.compacting;
-    await this.log?.close();
+    await this.tables?.close();
     this.pool.close();
     this.dataLock?.release();
   }
@@ -180,26 +174,20 @@ export class Controller {
     mkdirSync(dataDir, { recursive: true });
     this.dataLock = lockDataDir(dataDir);
     this.controlSecret = ensureSecret(this.options.secretFile ?? join(dataDir, SECRET_FILE));
-    const { log, records, recovery } = AppendLog.open(join(dataDir, LOG_FILE));
-    this.log = log;
+    const { tables, recovery } = TablesLog.open(join(dataDir, LOG_FILE), this.catalog, {
+      compactSlackBytes: this.options.compactSlackBytes,
+      say: this.say,
+      onFatal: this.options.onFatal ?? ((error) => this.say(error.message)),
+    });
+    this.tables = tables;
     if (recovery.truncatedBytes > 0) {
       this.say(`log: dropped a torn tail of ${recovery.truncatedBytes} bytes at offset ${recovery.truncatedAt}`);
-    }
-    for (const [index, raw] of records.entries()) {
-      let record: LogRecord;
-      try {
-        record = parseRecord(raw);
-      } catch (error) {
-        throw new Error(`log ${join(dataDir, LOG_FILE)}: record ${index} is not valid: ${(error as Error).message}`);
-      }
-      this.catalog.apply(record);
     }
     this.pool.rebuild();
     this.agents.expectKnownAgents();
     // This run's first record: from here the log counts its records, so that a later run can tell
     // which of them were durable when agents hand back what this run left uncommitted (restore.ts).
     await this.persistRecords([{ t: "run", id: this.context.run, at: 0 }]);
-    this.compactedBytes = this.log.sizeBytes;
     if (this.catalog.luns.size === 0) {
       await this.addLun(join(dataDir, DEFAULT_LUN_FILE), this.options.defaultLunBytes ?? DEFAULT_LUN_BYTES);
     }
@@ -662,7 +650,7 @@ export class Controller {
 
   private status(): ResultOf<ControllerRequests, "status"> {
     return {
-      controller: { disks: this.catalog.disks.size, logBytes: this.log.sizeBytes },
+      controller: { disks: this.catalog.disks.size, logBytes: this.tables.sizeBytes },
       agents: this.agentSummaries(),
       pool: this.poolFigures(),
       disks: [...this.catalog.disks.values()].map((disk) => this.summary(disk)),
@@ -683,20 +671,6 @@ export class Controller {
     return this.lunSummary(id);
   }
 
-  private maybeCompact(): void {
-    const slack = this.options.compactSlackBytes ?? COMPACT_SLACK_BYTES_DEFAULT;
-    if (this.compacting || this.log.sizeBytes < this.compactedBytes + slack) return;
-    this.compacting = this.log
-      .compact(this.catalog.snapshot())
-      .then(() => {
-        this.compactedBytes = this.log.sizeBytes;
-      })
-      .catch((error: Error) => this.say(`log compaction failed: ${error.message}`))
-      .finally(() => {
-        this.compacting = null;
-      });
-  }
-
   // ---- Table changes shared by faults and snapshots ----
 
   private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">): Promise<FaultAnswer> {
@@ -710,24 +684,12 @@ export class Controller {
     return this.faultQueue.submit(disk, args, agent);
   }
 
-  private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
-    if (records.length === 0) return [];
-    const freed = appendAndApply(this.log, this.catalog, records);
-    await this.log.commit();
-    this.maybeCompact();
-    return freed;
+  private persistRecords(records: LogRecord[]): Promise<Freed[]> {
+    return this.tables.persist(records);
   }
 
   private recordLater(records: LogRecord[]): number {
-    const freed = appendAndApply(this.log, this.catalog, records);
-    assert(freed.length === 0, "uncommitted records must not free segments");
-    const position = this.log.appendedRecords;
-    this.commitTimer ??= setTimeout(() => {
-      this.commitTimer = undefined;
-      this.log.commit().catch((error: Error) => this.say(`background commit failed: ${error.message}`));
-    }, BACKGROUND_COMMIT_MS);
-    this.maybeCompact();
-    return position;
+    return this.tables.record(records);
   }
 
   private releaseSegments(freed: Freed[]): void {

@@ -11,6 +11,8 @@ export class DiskTable {
   private readonly pages = new Map<number, Float64Array>();
   /** How many entries hold a storage location (their segments are allocated). */
   private located = 0;
+  /** How many entries are not Z (what compaction writes out). */
+  private filled = 0;
 
   constructor(readonly entryCount: number) {
     assert(Number.isSafeInteger(entryCount) && entryCount > 0, "a table needs at least one entry");
@@ -34,11 +36,16 @@ export class DiskTable {
     }
     const slot = index % TABLE_PAGE_ENTRIES;
     this.located += Number(hasLocation(word)) - Number(hasLocation(page[slot]!));
+    this.filled += Number(word !== ZERO_WORD) - Number(page[slot] !== ZERO_WORD);
     page[slot] = word;
   }
 
   get locatedCount(): number {
     return this.located;
+  }
+
+  get nonZeroCount(): number {
+    return this.filled;
   }
 
   /** Applies runs of [word, count] starting at `first`. */
@@ -77,6 +84,7 @@ export class DiskTable {
     this.pages.clear();
     for (const [pageNumber, page] of source.pages) this.pages.set(pageNumber, page.slice());
     this.located = source.located;
+    this.filled = source.filled;
   }
 
   /** Every entry that holds a storage location, in index order. */

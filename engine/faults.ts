@@ -95,10 +95,16 @@ export class FaultResolver {
   }
 
   private async resolveOne(disk: Disk, fault: FaultArgs, agent: object): Promise<FaultAnswer> {
-    if (fault.op === "trim") {
-      await this.unmap(disk, fault.first, fault.last);
-    } else if (fault.op === "write" || fault.op === "zero") {
-      if ((await this.makeWritable(disk, [fault], agent)) === "pool full") return { action: "error", errno: "ENOSPC" };
+    try {
+      if (fault.op === "trim") {
+        await this.unmap(disk, fault.first, fault.last);
+      } else if (fault.op === "write" || fault.op === "zero") {
+        if ((await this.makeWritable(disk, [fault], agent)) === "pool full") return { action: "error", errno: "ENOSPC" };
+      }
+    } catch (error) {
+      // The controller's log is full: the host gets ENOSPC, as for a full pool.
+      if (error instanceof RequestError && error.code === "ENOSPC") return { action: "error", errno: "ENOSPC" };
+      throw error;
     }
     return this.retryAnswer(disk, fault);
   }
@@ -145,22 +151,32 @@ export class FaultResolver {
     for (const segment of exclusive) records.push(this.entryRecord(disk, segment, withoutNoWrite(disk.table.get(segment))));
     const copies = shared.map((segment, i) => ({ segment, from: disk.table.get(segment), to: fresh[zero.length + i]! }));
     try {
-      // After a restart the pool hands out blocks above the persisted high-water mark as never
-      // used, without zeroing them: the mark must cover a block before anything (a copy) is
-      // written there.
-      await this.ctx.persist(this.highWaterRecords(disk, fresh));
-      const written = new Set<number>();
-      for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, records, written);
-      await this.copyOldContents(disk, copies, written);
-      // New contents (zeros, copies) are durable before any mapping exposes them, even an
-      // uncommitted one: its record may reach the disk with any later commit. A never-used block
-      // of a sparse container needs neither writing nor a sync.
-      for (const lun of written) this.ctx.pool.sync(lun);
+      await this.prepareAndMap(disk, agent, zero, copies, fresh, records);
     } catch (error) {
-      // An error (a failing container, R14): no table points at the new segments yet, so they go back.
-      this.giveBack(disk, fresh);
+      // An error (a failing container, R14, or a full log): the new segments no table points at
+      // go back (a reverse delta may have moved other disks onto some already).
+      this.giveBackUnreferenced(disk, fresh);
       throw error;
     }
+    const changed = [...exclusive, ...zero, ...shared];
+    if (disk.mode === "reverse" || shared.length === 0) await this.ctx.pushEntries(disk, changed, { blocking: false, except: agent });
+    else await this.leaveSharedSegments(disk, changed, shared, agent);
+    return "writable";
+  }
+
+  /** Fills the new segments (zeros, copies) and logs the faulting disk's new mappings. */
+  private async prepareAndMap(disk: Disk, agent: object, zero: number[], copies: Copy[], fresh: Allocation[], records: LogRecord[]): Promise<void> {
+    // After a restart the pool hands out blocks above the persisted high-water mark as never
+    // used, without zeroing them: the mark must cover a block before anything (a copy) is
+    // written there.
+    await this.ctx.persist(this.highWaterRecords(disk, fresh));
+    const written = new Set<number>();
+    for (const [i, segment] of zero.entries()) this.prepareZeroSegment(disk, segment, fresh[i]!, records, written);
+    await this.copyOldContents(disk, copies, written);
+    // New contents (zeros, copies) are durable before any mapping exposes them, even an
+    // uncommitted one: its record may reach the disk with any later commit. A never-used block
+    // of a sparse container needs neither writing nor a sync.
+    for (const lun of written) this.ctx.pool.sync(lun);
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-copy`);
     if (disk.mode === "reverse") await this.reverseDelta(disk, copies, records);
     else this.forwardDelta(disk, copies, records);
@@ -173,10 +189,6 @@ export class FaultResolver {
       if (this.uncommitted(disk)) await this.ctx.commit();
     }
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
-    const changed = [...exclusive, ...zero, ...shared];
-    if (disk.mode === "reverse" || shared.length === 0) await this.ctx.pushEntries(disk, changed, { blocking: false, except: agent });
-    else await this.leaveSharedSegments(disk, changed, shared, agent);
-    return "writable";
   }
 
   /**
@@ -218,6 +230,10 @@ export class FaultResolver {
 
   private giveBack(disk: Disk, blocks: Allocation[]): void {
     for (const block of blocks) this.ctx.pool.release(block.lun, block.offset, disk.segmentShift);
+  }
+
+  private giveBackUnreferenced(disk: Disk, blocks: Allocation[]): void {
+    this.giveBack(disk, blocks.filter((block) => this.ctx.catalog.references(mappedWord(block.lun, block.offset)) === 0));
   }
 
   /**

@@ -171,15 +171,18 @@ describe("AppendLog recovery", () => {
     }
   });
 
-  test("a zero-filled tail after the last record is dropped", async () => {
+  test("a zero-filled tail after the last record is kept as room and the next record overwrites it", async () => {
     const written = await writeLog(30, 6);
     writeFileSync(written.path, new Uint8Array([...written.image, ...new Uint8Array(4096)]));
     const { log, records, recovery } = AppendLog.open(written.path);
     expect(records).toEqual(written.records);
-    expect(recovery.truncatedBytes).toBe(4096);
-    expect(recovery.truncationReason).toBe("bad magic");
-    expect(statSync(written.path).size).toBe(written.image.length);
+    expect(recovery.truncatedBytes).toBe(0);
+    expect(recovery.validBytes).toBe(written.image.length);
+    expect(statSync(written.path).size).toBe(written.image.length + 4096);
+    log.append({ afterRoom: 1 });
     await log.close();
+    expect(statSync(written.path).size).toBe(written.image.length + 4096);
+    expect(AppendLog.open(written.path).records).toEqual([...written.records, { afterRoom: 1 }]);
   });
 
   test("a garbage tail after the last record is dropped", async () => {
@@ -193,24 +196,24 @@ describe("AppendLog recovery", () => {
     await log.close();
   });
 
-  test("a torn last record (zeroed, garbage, or payload never written) is dropped", async () => {
+  test("a torn last record (zeroed, garbage, or payload never written) is dropped; zeros are kept as room", async () => {
     const written = await writeLog(30, 9);
     const last = written.offsets.at(-2)!;
     const random = seededRandom(10);
-    const variants: [string, (image: Uint8Array) => void][] = [
-      ["zeroed", (image) => image.fill(0, last)],
-      ["garbage", (image) => image.set(image.subarray(last).map(() => randomInt(random, 0, 256)), last)],
-      ["payload unwritten", (image) => image.fill(0, last + RECORD_HEADER_BYTES)],
+    const variants: [string, (image: Uint8Array) => void, "cut" | "kept as room"][] = [
+      ["zeroed", (image) => image.fill(0, last), "kept as room"],
+      ["garbage", (image) => image.set(image.subarray(last).map(() => randomInt(random, 0, 256)), last), "cut"],
+      ["payload unwritten", (image) => image.fill(0, last + RECORD_HEADER_BYTES), "cut"],
     ];
-    for (const [, tear] of variants) {
+    for (const [, tear, outcome] of variants) {
       const image = written.image.slice();
       tear(image);
       writeFileSync(written.path, image);
       const { log, records, recovery } = AppendLog.open(written.path);
       expect(records).toEqual(written.records.slice(0, -1));
-      expect(recovery.truncatedAt).toBe(last);
-      expect(recovery.truncatedBytes).toBe(written.image.length - last);
-      expect(statSync(written.path).size).toBe(last);
+      expect(recovery.validBytes).toBe(last);
+      expect(recovery.truncatedBytes).toBe(outcome === "cut" ? written.image.length - last : 0);
+      expect(statSync(written.path).size).toBe(outcome === "cut" ? last : written.image.length);
       await log.close();
     }
   });

@@ -14,6 +14,16 @@
  * written after the snapshot in the new file; their commits resolve after that. The snapshot is the
  * caller's live state, so it must already reflect every record appended before the call.
  *
+ * Room (with `roomChunkBytes`): the file is kept written with zeros ahead of its records, so a
+ * record once admitted by `prepare` always has its place on disk, and the file system filling up
+ * refuses the next change (LogFullError) instead of a write of records already applied. Admission
+ * also keeps the caller's reserve free in the room: bytes a compaction may need, which it frees
+ * for the `.compact` file when the file system has no other space. Recovery takes an all-zero tail
+ * for room, not for a torn write.
+ *
+ * Failure: a failed write or fdatasync (anything but the file system being full) stops the log for
+ * good, cuts the file back to what was durable, and calls `onFailure` once.
+ *
  * One process, one AppendLog per file: there is no cross-process lock.
  */
 import * as fs from "node:fs";
@@ -21,6 +31,9 @@ import { assert } from "../util/assert.ts";
 import {
   closeQuietly,
   errorMessage,
+  extendWithZeros,
+  freeBytesOn,
+  isNoSpace,
   fsyncDirAsync,
   fsyncDirSync,
   type LogIo,
@@ -28,6 +41,7 @@ import {
   openAsync,
   readWholeSync,
   renameAsync,
+  truncateQuietly,
   unlinkQuietly,
   writeFully,
 } from "./log-io.ts";
@@ -41,6 +55,34 @@ export { RECORD_PAYLOAD_BYTES_MAX } from "./record.ts";
 export interface AppendLogOptions {
   /** File operations for the commit path; defaults to node:fs. */
   io?: LogIo;
+  /** Keep the file written ahead of its records by at least this much when it can (0: no room
+   *  kept; records are written past the end of the file). */
+  roomChunkBytes?: number;
+  /** Called once when the log stops for good (a write or fdatasync failed). */
+  onFailure?: (error: Error) => void;
+}
+
+/** The file system holding the log has no space for a change: nothing of it was appended. */
+export class LogFullError extends Error {
+  override name = "LogFullError";
+  readonly code = "ENOSPC";
+
+  constructor(
+    readonly path: string,
+    /** Bytes the log must still grow by to take the change and keep its reserve. */
+    readonly neededBytes: number,
+    /** Free bytes on the file system, as far as it says. */
+    readonly freeBytes: number | null,
+  ) {
+    const free = freeBytes === null ? "" : ` (${freeBytes} bytes free)`;
+    super(`the file system holding the log ${path} is full${free}: the log needs ${neededBytes} more bytes; changes are refused until space is freed`);
+  }
+}
+
+/** Records encoded and admitted by `prepare`, to be appended by `appendPrepared` in the same turn. */
+export interface PreparedRecords {
+  readonly payloads: Uint8Array[];
+  readonly bytes: number;
 }
 
 export interface RecoveryReport {
@@ -91,6 +133,14 @@ export class AppendLog {
   private fd: number;
   /** Bytes and records in the file from completed writes. */
   private fileBytes: number;
+  /** Bytes of the file written so far (records, then zeros): records up to here need no new space. */
+  private allocatedEnd: number;
+  private readonly roomChunkBytes: number;
+  /** The reserve the latest admission kept free: the room to keep after a compaction too. */
+  private reserveBytes = 0;
+  /** Growing the file failed for want of space (see `makeRoom`). */
+  private lacksRoom = false;
+  private readonly onFailure: ((error: Error) => void) | undefined;
   private fileRecords: number;
   private nextSeq: number;
   /** Encoded payloads waiting for the next flush. */
@@ -116,11 +166,15 @@ export class AppendLog {
   private closing: Promise<void> | null = null;
   private readonly counters: LogStats = { commitBatches: 0, syncs: 0 };
 
-  private constructor(path: string, fd: number, io: LogIo, scan: ScanResult) {
+  private constructor(path: string, fd: number, opts: AppendLogOptions, scan: ScanResult, fileSize: number) {
     this.path = path;
     this.fd = fd;
-    this.io = io;
+    this.io = opts.io ?? nodeLogIo;
+    this.roomChunkBytes = opts.roomChunkBytes ?? 0;
+    assert(this.roomChunkBytes >= 0, "room chunk must not be negative");
+    this.onFailure = opts.onFailure;
     this.fileBytes = scan.validBytes;
+    this.allocatedEnd = fileSize;
     this.fileRecords = scan.records.length;
     this.nextSeq = scan.nextSeq;
   }
@@ -142,7 +196,7 @@ export class AppendLog {
       const scan = scanRecords(path, created ? new Uint8Array(0) : readWholeSync(fd));
       const removedCompactFile = removeLeftoverCompact(path);
       if (scan.tornTail) cutTornTail(fd, scan.validBytes);
-      const log = new AppendLog(path, fd, opts.io ?? nodeLogIo, scan);
+      const log = new AppendLog(path, fd, opts, scan, fs.fstatSync(fd).size);
       const recovery: RecoveryReport = {
         created,
         recordCount: scan.records.length,
@@ -185,22 +239,78 @@ export class AppendLog {
     return this.durableCount;
   }
 
+  /** Bytes of the file, room included. */
+  get allocatedBytes(): number {
+    return this.allocatedEnd;
+  }
+
   get stats(): Readonly<LogStats> {
     return { ...this.counters };
+  }
+
+  /** Why the log stopped for good, or null while it works. */
+  get failed(): Error | null {
+    return this.failure;
   }
 
   /**
    * Buffers one record; nothing is durable until a later `commit` resolves.
    * @throws RangeError when the encoded payload is over RECORD_PAYLOAD_BYTES_MAX.
+   * @throws LogFullError when the log has room for it no more.
    */
   append(payload: object): void {
+    this.appendPrepared(this.prepare([payload]));
+  }
+
+  /**
+   * Encodes `payloads` and makes sure the file has room for them with `reserveBytes` left over,
+   * growing it if need be; appends nothing. Hand the result to `appendPrepared` before yielding.
+   * @throws LogFullError, RangeError, or the log's failure; nothing changes then.
+   */
+  prepare(payloads: readonly object[], reserveBytes = 0): PreparedRecords {
     this.assertOpen();
     if (this.failure) throw this.failure;
-    const bytes = encodePayload(payload, this.label);
-    (this.compaction ? this.held : this.pending).push(bytes);
-    this.queuedBytes += framedBytes(bytes.length);
-    this.queuedRecords++;
-    this.appendCount++;
+    const encoded = payloads.map((payload) => encodePayload(payload, this.label));
+    const bytes = encoded.reduce((sum, payload) => sum + framedBytes(payload.length), 0);
+    if (this.roomChunkBytes > 0) {
+      this.reserveBytes = reserveBytes;
+      this.makeRoom(this.fileBytes + this.queuedBytes + bytes + reserveBytes);
+    }
+    return { payloads: encoded, bytes };
+  }
+
+  /** Appends what `prepare` admitted. */
+  appendPrepared(prepared: PreparedRecords): void {
+    this.assertOpen();
+    if (this.failure) throw this.failure;
+    (this.compaction ? this.held : this.pending).push(...prepared.payloads);
+    this.queuedBytes += prepared.bytes;
+    this.queuedRecords += prepared.payloads.length;
+    this.appendCount += prepared.payloads.length;
+  }
+
+  /**
+   * Grows the file with zeros until `end` bytes are written, a chunk beyond when the space is
+   * there, just `end` when not. Once it has refused, the log takes nothing until a whole chunk
+   * can be had again: changes small enough for the last bytes do not trickle through.
+   * @throws LogFullError when it cannot have what it needs.
+   */
+  private makeRoom(end: number): void {
+    if (end <= this.allocatedEnd && !this.lacksRoom) return;
+    const targets = this.lacksRoom ? [end + this.roomChunkBytes] : [end + this.roomChunkBytes, end];
+    for (const target of targets) {
+      try {
+        this.allocatedEnd = Math.max(this.allocatedEnd, extendWithZeros(this.fd, this.allocatedEnd, target));
+        this.lacksRoom = false;
+        return;
+      } catch (err) {
+        if (!isNoSpace(err)) throw new Error(`${this.label}: cannot grow the file: ${errorMessage(err)}`, { cause: err });
+        this.allocatedEnd = Math.max(this.allocatedEnd, fs.fstatSync(this.fd).size);
+        if (!this.lacksRoom && end <= this.allocatedEnd) return;
+      }
+    }
+    this.lacksRoom = true;
+    throw new LogFullError(this.path, targets.at(-1)! - this.allocatedEnd, freeBytesOn(this.path));
   }
 
   /** Resolves once every record appended before this call is durable. */
@@ -296,6 +406,9 @@ export class AppendLog {
       try {
         await this.writeBatch(batch);
       } catch (err) {
+        // What the failed batch may have left in the file was never acknowledged: a restart must
+        // not find it (the page cache may still hold it although the disk does not).
+        truncateQuietly(this.fd, this.fileBytes);
         this.fail(err, "commit");
       }
     }
@@ -309,6 +422,7 @@ export class AppendLog {
     this.counters.commitBatches++;
     this.nextSeq += batch.length;
     this.fileBytes += bytes.length;
+    this.allocatedEnd = Math.max(this.allocatedEnd, this.fileBytes);
     this.fileRecords += batch.length;
     this.queuedBytes -= bytes.length;
     this.queuedRecords -= batch.length;
@@ -341,6 +455,7 @@ export class AppendLog {
    * recovers from what is actually on disk.
    */
   private fail(cause: unknown, what: string): void {
+    const first = this.failure === null;
     this.failure ??= new Error(
       `${this.label}: ${what} failed, log unusable until reopened: ${errorMessage(cause)}`,
       { cause },
@@ -348,13 +463,23 @@ export class AppendLog {
     const waiters = this.waiters;
     this.waiters = [];
     for (const waiter of waiters) waiter.reject(this.failure);
+    if (first) this.onFailure?.(this.failure);
   }
 
   private async runCompaction(payloads: Uint8Array[]): Promise<void> {
     await this.drain(); // appends made before the call land in the old file first
     const firstSeq = this.nextSeq;
     const image = frameRecords(payloads, firstSeq);
-    const fd = await this.writeCompactFile(image);
+    let fd: number;
+    try {
+      fd = await this.writeCompactFile(image);
+    } catch (err) {
+      // The room kept as reserve is what the file system lacks: give it up for the new file.
+      if (!isNoSpace(err) || this.allocatedEnd === this.fileBytes) throw err;
+      truncateQuietly(this.fd, this.fileBytes);
+      this.allocatedEnd = this.fileBytes;
+      fd = await this.writeCompactFile(image);
+    }
     try {
       await renameAsync(compactPathOf(this.path), this.path);
       await fsyncDirAsync(this.path);
@@ -367,8 +492,20 @@ export class AppendLog {
     closeQuietly(this.fd);
     this.fd = fd;
     this.fileBytes = image.length;
+    this.allocatedEnd = image.length;
     this.fileRecords = payloads.length;
     this.nextSeq = firstSeq + payloads.length;
+    if (this.roomChunkBytes > 0) this.regainRoom();
+  }
+
+  /** Room for what was held during the compaction and the reserve, if the space is there; if not,
+   *  the next `prepare` tries again (and refuses while it cannot). */
+  private regainRoom(): void {
+    try {
+      this.makeRoom(this.fileBytes + this.queuedBytes + this.reserveBytes);
+    } catch {
+      // The compaction itself is done; the next `prepare` tries again and says why it cannot.
+    }
   }
 
   /** Writes and syncs the `.compact` file; on failure removes it and leaves the log as it was. */

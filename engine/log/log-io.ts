@@ -35,6 +35,42 @@ export async function writeFully(io: LogIo, fd: number, data: Uint8Array, positi
   }
 }
 
+/** Zeros written at a time when the log grows its room. */
+const ZERO_CHUNK = new Uint8Array(1 << 20);
+
+/**
+ * Writes zeros into the file from `from` up to `to` (synchronously: it runs while a change is
+ * admitted, before anything is applied); returns `to`. On an error the file may have grown part
+ * of the way.
+ */
+export function extendWithZeros(fd: number, from: number, to: number): number {
+  let at = from;
+  while (at < to) {
+    const written = fs.writeSync(fd, ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, to - at), at);
+    if (!(written > 0)) throw new Error(`write made no progress at offset ${at}`);
+    at += written;
+  }
+  return to;
+}
+
+/** Whether `err` (or an error it was caused by) says the file system is full. */
+export function isNoSpace(err: unknown): boolean {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    if ((e as NodeJS.ErrnoException).code === "ENOSPC") return true;
+  }
+  return false;
+}
+
+/** Bytes an unprivileged writer may still use on the file system holding `path`, if it says. */
+export function freeBytesOn(path: string): number | null {
+  try {
+    const stats = fs.statfsSync(dirname(path));
+    return stats.bavail * stats.bsize;
+  } catch {
+    return null;
+  }
+}
+
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -72,6 +108,16 @@ export function closeQuietly(fd: number): void {
     fs.closeSync(fd);
   } catch {
     // Nothing useful to do: the fd is gone either way.
+  }
+}
+
+/** Cuts a file back where the outcome is best effort (a failing disk may refuse that too). */
+export function truncateQuietly(fd: number, length: number): void {
+  try {
+    fs.ftruncateSync(fd, length);
+    fs.fdatasyncSync(fd);
+  } catch {
+    // The disk is failing already; recovery checks whatever is there.
   }
 }
 

@@ -168,7 +168,7 @@ export function checkFrame(buf: Uint8Array, offset: number): FrameCheck {
   return { kind: "ok", seq: Number(seq), payload, end };
 }
 
-function isZero(buf: Uint8Array, start: number, end: number): boolean {
+export function isZero(buf: Uint8Array, start: number, end: number): boolean {
   for (let i = start; i < end; i++) if (buf[i] !== 0) return false;
   return true;
 }

@@ -2,7 +2,7 @@
  * Scanning a log file image at open: which records are good, where a torn tail starts, and when
  * damage in the middle of the file must stop the controller from starting.
  */
-import { checkFrame, decodePayload, findValidFrame, RECORD_ALIGN_BYTES } from "./record.ts";
+import { checkFrame, decodePayload, findValidFrame, isZero, RECORD_ALIGN_BYTES } from "./record.ts";
 
 /** A record in the middle of the log is damaged: the log cannot be trusted and is left untouched. */
 export class LogCorruptionError extends Error {
@@ -28,7 +28,7 @@ export interface TornTail {
 
 export interface ScanResult {
   records: object[];
-  /** Bytes of the file holding good records; the file is truncated to this. */
+  /** Bytes of the file holding good records; a torn tail is cut off here, zeros after it are kept. */
   validBytes: number;
   /** Sequence number the next appended record gets. */
   nextSeq: number;
@@ -59,6 +59,9 @@ export function scanRecords(path: string, image: Uint8Array): ScanResult {
       nextSeq = step.seq + 1;
       continue;
     }
+    // Zeros to the end are room the log wrote ahead of its records (or a last write whose data
+    // never reached the disk: nothing of it was acknowledged either way).
+    if (isZero(image, offset, image.length)) break;
     if (step.kind === "bad" && findValidFrame(image, offset + RECORD_ALIGN_BYTES) !== undefined) {
       throw new LogCorruptionError(path, offset, step.reason);
     }

@@ -1,0 +1,188 @@
+// The controller's tables and their log together. A change is admitted first (the log has room for
+// it and, beyond, for a compaction), then applied, then appended: a record that does not apply is
+// never appended, and a change the log cannot take changes nothing. Also here: commits, the
+// background commit, compaction, and what happens when the log cannot go on.
+//
+// - Full (the file system has no space for the log's room): the controller is read-only for
+//   changes. Each is refused with ENOSPC and one line saying what is full and how much is needed;
+//   reads and I/O through mapped entries go on; the first change admitted once space is back ends
+//   it, without a restart.
+// - Failed (a write or fdatasync of the log failed, or a record did not apply): what the
+//   controller holds in memory may be more than a restart recovers, so it stops: `onFatal` is
+//   called once and every later change, commit and compaction is refused.
+import { AppendLog, LogFullError, type RecoveryReport } from "./log/append-log.ts";
+import { nodeLogIo } from "./log/log-io.ts";
+import { appendAndApply, ChangeNotAppliedError, parseRecord, type Catalog, type Freed, type LogRecord } from "./catalog.ts";
+import { compactionBytesBound, growthBytesBound } from "./compaction-bound.ts";
+import { logIoWithFaults } from "./failpoints.ts";
+import { assert } from "./util/assert.ts";
+import { RequestError } from "./wire/peer.ts";
+import { BACKGROUND_COMMIT_MS } from "./wire/messages.ts";
+
+/** Compaction runs once the log has grown past its compacted size by that size or by this much,
+ *  whichever is more: the log stays under twice its live state plus this (see README). */
+export const COMPACT_SLACK_BYTES_DEFAULT = 4 * 2 ** 20;
+/** The log file is kept written this far ahead of its records and reserve when space allows. */
+export const LOG_ROOM_CHUNK_BYTES = 2 ** 20;
+
+export interface TablesLogOptions {
+  compactSlackBytes?: number;
+  say(line: string): void;
+  /** The log failed: the controller must stop. Called once. */
+  onFatal(error: Error): void;
+}
+
+export class TablesLog {
+  private compactedBytes: number;
+  private compacting: Promise<void> | null = null;
+  /** Log size when a compaction last failed: it is not tried again while refusing changes until
+   *  the log has grown. */
+  private compactionFailedAt = -1;
+  /** Commits records left uncommitted by faults, so a host that never flushes loses little. */
+  private commitTimer: Timer | undefined;
+  private full = false;
+  private stopped: RequestError | null = null;
+
+  private constructor(
+    private readonly log: AppendLog,
+    private readonly catalog: Catalog,
+    private readonly options: TablesLogOptions,
+  ) {
+    this.compactedBytes = log.sizeBytes;
+  }
+
+  /** Opens the log at `path` and replays it into `catalog` (which must be empty). */
+  static open(path: string, catalog: Catalog, options: TablesLogOptions): { tables: TablesLog; recovery: RecoveryReport } {
+    let tables: TablesLog | undefined;
+    const { log, records, recovery } = AppendLog.open(path, {
+      io: logIoWithFaults(nodeLogIo),
+      roomChunkBytes: LOG_ROOM_CHUNK_BYTES,
+      onFailure: (error) => tables?.fail(error),
+    });
+    try {
+      for (const [index, raw] of records.entries()) {
+        let record: LogRecord;
+        try {
+          record = parseRecord(raw);
+        } catch (error) {
+          throw new Error(`log ${path}: record ${index} is not valid: ${(error as Error).message}`);
+        }
+        catalog.apply(record);
+      }
+    } catch (error) {
+      void log.close();
+      throw error;
+    }
+    tables = new TablesLog(log, catalog, options);
+    return { tables, recovery };
+  }
+
+  /** Bytes of records in the log. */
+  get sizeBytes(): number {
+    return this.log.sizeBytes;
+  }
+
+  /** Applies and commits `records`; returns the segments they left unreferenced, free for others
+   *  once no agent can still be using them. */
+  async persist(records: LogRecord[]): Promise<Freed[]> {
+    if (records.length === 0) return [];
+    const freed = this.change(records);
+    await this.commit();
+    this.maybeCompact();
+    return freed;
+  }
+
+  /** Applies records that free nothing, durable at the next commit; returns their position. */
+  record(records: LogRecord[]): number {
+    const freed = this.change(records);
+    assert(freed.length === 0, "uncommitted records must not free segments");
+    this.commitTimer ??= setTimeout(() => {
+      this.commitTimer = undefined;
+      this.commit().catch((error: Error) => this.options.say(`background commit failed: ${error.message}`));
+    }, BACKGROUND_COMMIT_MS);
+    this.maybeCompact();
+    return this.log.appendedRecords;
+  }
+
+  /** Makes every record appended so far durable. */
+  async commit(): Promise<void> {
+    if (this.stopped) throw this.stopped;
+    try {
+      await this.log.commit();
+    } catch (error) {
+      throw this.stopped ?? error;
+    }
+  }
+
+  isDurable(position: number): boolean {
+    return this.log.durableRecords >= position;
+  }
+
+  async close(): Promise<void> {
+    clearTimeout(this.commitTimer);
+    await this.compacting;
+    await this.log.close();
+  }
+
+  /** Admits, applies, then appends one change (see the file comment). */
+  private change(records: LogRecord[]): Freed[] {
+    if (this.stopped) throw this.stopped;
+    const reserve = compactionBytesBound(this.catalog) + growthBytesBound(this.catalog, records);
+    let freed: Freed[];
+    try {
+      freed = appendAndApply(this.log, this.catalog, records, reserve);
+    } catch (error) {
+      if (error instanceof LogFullError) this.refuse(error);
+      if (error instanceof ChangeNotAppliedError) this.fail(error);
+      throw this.stopped ?? error;
+    }
+    if (this.full) {
+      this.full = false;
+      this.options.say("log: space is back, changes are accepted again");
+    }
+    return freed;
+  }
+
+  /** The read-only state: said once, and every change refused with what is full. */
+  private refuse(error: LogFullError): never {
+    if (!this.full) {
+      this.full = true;
+      this.options.say(`log: read-only for changes: ${error.message}`);
+    }
+    // What compaction drops from the log frees space on the same file system.
+    if (this.log.sizeBytes > this.compactedBytes && this.log.sizeBytes !== this.compactionFailedAt) this.compact();
+    throw new RequestError("ENOSPC", `the controller is read-only for changes: ${error.message}`);
+  }
+
+  /** Compacts once the log has grown by its compacted size or the slack, whichever is more. */
+  private maybeCompact(): void {
+    const slack = this.options.compactSlackBytes ?? COMPACT_SLACK_BYTES_DEFAULT;
+    if (this.log.sizeBytes >= this.compactedBytes + Math.max(this.compactedBytes, slack)) this.compact();
+  }
+
+  private compact(): void {
+    if (this.compacting || this.stopped) return;
+    this.compacting = this.log
+      .compact(this.catalog.snapshot())
+      .then(() => {
+        this.compactedBytes = this.log.sizeBytes;
+      })
+      .catch((error: Error) => {
+        this.compactionFailedAt = this.log.sizeBytes;
+        this.options.say(`log compaction failed: ${error.message}`);
+      })
+      .finally(() => {
+        this.compacting = null;
+      });
+  }
+
+  private fail(error: Error): void {
+    if (this.stopped) return;
+    this.stopped = new RequestError("EIO", `the controller has stopped: ${error.message}; a restart recovers what was committed`);
+    clearTimeout(this.commitTimer);
+    // The requests that failed with it are answered first (their answers go out on the next
+    // turns of the event loop), so agents and ctl hear why rather than see a connection drop.
+    const stopped = this.stopped;
+    setImmediate(() => setImmediate(() => this.options.onFatal(stopped)));
+  }
+}
