@@ -214,13 +214,14 @@ export class Agent {
     for (const worker of this.workers) this.post(worker, message);
   }
 
-  /** Sends the export list to every worker; resolves once all of them use it, so a host that
-   *  connects after the controller's command was answered finds the export. */
-  private broadcastExports(): Promise<void> {
-    const exports: ExportEntry[] = [...this.tables.values()].map(({ entryCount: _, ...entry }) => entry);
+  /** Sends what changed in the export list (new or replaced tables, dropped disks) to every
+   *  worker; resolves once all of them use it, so a host that connects after the controller's
+   *  command was answered finds the export. Only the change goes: thousands of exports are normal. */
+  private broadcastExports(change: { set?: Table[]; removed?: number[] }): Promise<void> {
+    const set: ExportEntry[] = (change.set ?? []).map(({ entryCount: _, ...entry }) => entry);
     const version = ++this.exportsVersion;
     const applied = new Promise<void>((resolve) => this.exportWaiters.set(version, { pending: this.workers.length, resolve }));
-    this.broadcast({ type: "exports", exports, version });
+    this.broadcast({ type: "exports", set, removed: change.removed ?? [], version });
     return applied;
   }
 
@@ -486,7 +487,7 @@ export class Agent {
         const table = this.table(disk);
         this.tables.delete(disk);
         this.uncommitted.forget(disk);
-        await this.broadcastExports();
+        await this.broadcastExports({ removed: [disk] });
         // Pages are only reused once no lookup can still be reading them, so always drain here.
         await this.retire(table);
         return {};
@@ -544,7 +545,7 @@ export class Agent {
     const stale = [...this.tables.values()].filter((table) => !this.reloaded.has(table.disk));
     for (const table of stale) this.tables.delete(table.disk);
     if (stale.length === 0) return;
-    await this.broadcastExports();
+    await this.broadcastExports({ removed: stale.map((table) => table.disk) });
     for (const table of stale) await this.retire(table);
   }
 
@@ -565,7 +566,7 @@ export class Agent {
       entryCount,
     };
     this.tables.set(args.disk, table);
-    await this.broadcastExports();
+    await this.broadcastExports({ set: [table] });
     if (replaced) await this.retire(replaced);
     else for (const listener of this.exportListeners) listener(args.name, nbdUri(this.nbdAddress, args.name));
     return {};
