@@ -153,32 +153,6 @@ function suite(kind: NbdTargetKind): void {
     await target.assertServes();
   });
 
-  test("handshake: more options than the cap end the connection; listing the exports adds a few per export", async () => {
-    const OPTION_COUNT_MAX = 1024;
-    const PER_LISTED_EXPORT = 4;
-    /** Sends `count` unknown options at once and reads their answers (NBD_REP_ERR_UNSUP each). */
-    async function unknownOptions(c: RawNbdClient, count: number): Promise<void> {
-      await c.send(concat(...Array.from({ length: count }, () => concat(u64(NBD.IHAVEOPT), u32(0x1234), u32(0)))));
-      for (let i = 0; i < count; i += 1) expect((await c.readOptionReply()).type).toBe(NBD.REP_ERR_UNSUP);
-    }
-    await withClient(async (c) => {
-      await c.handshake();
-      await unknownOptions(c, OPTION_COUNT_MAX);
-      await c.sendOption(0x1234);
-      await c.expectClose();
-    });
-    await withClient(async (c) => {
-      await c.handshake();
-      const listed = (await c.option(NBD.OPT_LIST)).filter((reply) => reply.type === NBD.REP_SERVER).length;
-      expect(listed).toBeGreaterThan(0);
-      await unknownOptions(c, OPTION_COUNT_MAX - 1 + PER_LISTED_EXPORT * listed);
-      // Listing again adds nothing.
-      await c.sendOption(NBD.OPT_LIST);
-      await c.expectClose();
-    });
-    await target.assertServes();
-  });
-
   test("handshake: a client closing in the middle of an option leaves no state behind", async () => {
     for (const cut of [1, 10, 17, 22]) {
       const c = await target.connect();
@@ -211,6 +185,23 @@ function suite(kind: NbdTargetKind): void {
       }
       // A hard disconnect may drop replies still queued, so only the upper bound is certain.
       expect(answered).toBeLessThan(1100);
+      await c.expectClose();
+    });
+    await target.assertServes();
+  });
+
+  test("handshake: once a client has listed the exports it may ask about each (a few options per export), not more", async () => {
+    const OPTION_COUNT_MAX = 1024;
+    const PER_LISTED_EXPORT = 4;
+    await withClient(async (c) => {
+      await c.handshake();
+      const listed = (await c.option(NBD.OPT_LIST)).filter((reply) => reply.type === NBD.REP_SERVER).length;
+      expect(listed).toBeGreaterThan(0);
+      const allowed = OPTION_COUNT_MAX - 1 + PER_LISTED_EXPORT * listed;
+      await c.send(concat(...Array.from({ length: allowed }, () => concat(u64(NBD.IHAVEOPT), u32(0x4242), u32(0)))));
+      for (let i = 0; i < allowed; i += 1) expect((await c.readOptionReply()).type).toBe(NBD.REP_ERR_UNSUP);
+      // Listing again adds nothing: this option is one too many.
+      await c.sendOption(NBD.OPT_LIST);
       await c.expectClose();
     });
     await target.assertServes();
