@@ -550,10 +550,11 @@ export class Agent {
   }
 
   private async newTable(args: ArgsOf<AgentRequests, "new_table">): Promise<object> {
-    this.reloaded.add(args.disk);
     const entryCount = Math.ceil(args.size / 2 ** args.segmentShift);
     if (entryCount > 2 ** 32 || args.size === 0) throw new RequestError("EINVAL", `table for disk ${args.disk}: bad size ${args.size}`);
     const { slot, generation } = this.createTable(args.disk, entryCount, args.segmentShift);
+    // Only a table loaded counts: an older one the controller now thinks this agent lacks goes.
+    this.reloaded.add(args.disk);
     const replaced = this.tables.get(args.disk);
     const table: Table = {
       disk: args.disk,
