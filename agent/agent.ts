@@ -2,9 +2,11 @@
 // tables, and runs the worker threads that serve NBD. Tables are volatile (R4): a new table is all
 // Invalid and entries arrive through faults or pushes from the controller.
 import { availableParallelism } from "node:os";
-import { SharedTables } from "../wasm/tables.ts";
+import { SharedTables, TABLE_SLOTS_MAX, TablesError } from "../wasm/tables.ts";
+import { ERR_NO_MEMORY } from "../wasm/assembly/layout.ts";
 import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
+import { TableSlots } from "./table-slots.ts";
 import { checkRange, setStates, writeRuns } from "./table-edits.ts";
 import { Lease } from "./lease.ts";
 import { UncommittedChanges } from "./uncommitted.ts";
@@ -13,6 +15,7 @@ import { BatchingPort, onMessages } from "./thread-port.ts";
 import type { ContainerEntry, ExportEntry, FromWorker, NbdListen, ToWorker } from "./thread-messages.ts";
 import { formatAddress, nbdUri, type Address } from "../engine/util/address.ts";
 import { assert } from "../engine/util/assert.ts";
+import { formatSize } from "../engine/util/size.ts";
 import { PortClaim } from "./port-claim.ts";
 import {
   agentRequests,
@@ -29,7 +32,6 @@ import { INVALID_WORD } from "../wasm/entry.ts";
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../engine/wire/peer.ts";
 import { connect, removeStaleSocket, type Stream } from "../engine/wire/transport.ts";
 
-export const TABLE_SLOTS_MAX = 1024;
 export const WORKERS_MAX = 16;
 /** How long a fault waits for the controller to be reachable before the host gets EIO. */
 export const FAULT_WAIT_MS = 30_000;
@@ -67,10 +69,10 @@ interface Table extends ExportEntry {
 export class Agent {
   private readonly tables = new Map<number, Table>();
   private readonly containers = new Map<number, ContainerEntry>();
-  private readonly freeSlots: number[] = [];
+  private readonly slots = new TableSlots();
   private readonly workers: Worker[] = [];
   private readonly ports = new Map<Worker, BatchingPort<ToWorker>>();
-  private readonly gates = QuiesceGates.create(TABLE_SLOTS_MAX);
+  private readonly gates = QuiesceGates.create();
   private readonly lease = Lease.create();
   private leaseTimer: Timer | undefined;
   private controller: ControllerPeer | null = null;
@@ -101,7 +103,6 @@ export class Agent {
   ) {
     this.say = options.log ?? ((line) => console.error(line));
     this.nbdAddress = options.nbd;
-    for (let slot = TABLE_SLOTS_MAX - 1; slot >= 0; slot -= 1) this.freeSlots.push(slot);
   }
 
   static async start(options: AgentOptions): Promise<Agent> {
@@ -216,13 +217,14 @@ export class Agent {
     for (const worker of this.workers) this.post(worker, message);
   }
 
-  /** Sends the export list to every worker; resolves once all of them use it, so a host that
-   *  connects after the controller's command was answered finds the export. */
-  private broadcastExports(): Promise<void> {
-    const exports: ExportEntry[] = [...this.tables.values()].map(({ entryCount: _, ...entry }) => entry);
+  /** Sends what changed in the export list (new or replaced tables, dropped disks) to every
+   *  worker; resolves once all of them use it, so a host that connects after the controller's
+   *  command was answered finds the export. Only the change goes: thousands of exports are normal. */
+  private broadcastExports(change: { set?: Table[]; removed?: number[] }): Promise<void> {
+    const set: ExportEntry[] = (change.set ?? []).map(({ entryCount: _, ...entry }) => entry);
     const version = ++this.exportsVersion;
     const applied = new Promise<void>((resolve) => this.exportWaiters.set(version, { pending: this.workers.length, resolve }));
-    this.broadcast({ type: "exports", exports, version });
+    this.broadcast({ type: "exports", set, removed: change.removed ?? [], version });
     return applied;
   }
 
@@ -506,7 +508,7 @@ export class Agent {
         const table = this.table(disk);
         this.tables.delete(disk);
         this.uncommitted.forget(disk);
-        await this.broadcastExports();
+        await this.broadcastExports({ removed: [disk] });
         // Pages are only reused once no lookup can still be reading them, so always drain here.
         await this.retire(table);
         return {};
@@ -567,17 +569,16 @@ export class Agent {
       this.uncommitted.forget(table.disk);
     }
     if (stale.length === 0) return;
-    await this.broadcastExports();
+    await this.broadcastExports({ removed: stale.map((table) => table.disk) });
     for (const table of stale) await this.retire(table);
   }
 
   private async newTable(args: ArgsOf<AgentRequests, "new_table">): Promise<object> {
-    this.reloaded.add(args.disk);
     const entryCount = Math.ceil(args.size / 2 ** args.segmentShift);
     if (entryCount > 2 ** 32 || args.size === 0) throw new RequestError("EINVAL", `table for disk ${args.disk}: bad size ${args.size}`);
-    const slot = this.freeSlots.pop();
-    if (slot === undefined) throw new RequestError("ENOSPC", `no free table slot (limit ${TABLE_SLOTS_MAX})`);
-    const generation = this.shared.createTable(slot, entryCount, args.segmentShift);
+    const { slot, generation } = this.createTable(args.disk, entryCount, args.segmentShift);
+    // Only a table loaded counts: an older one the controller now thinks this agent lacks goes.
+    this.reloaded.add(args.disk);
     const replaced = this.tables.get(args.disk);
     const table: Table = {
       disk: args.disk,
@@ -590,10 +591,26 @@ export class Agent {
       entryCount,
     };
     this.tables.set(args.disk, table);
-    await this.broadcastExports();
+    await this.broadcastExports({ set: [table] });
     if (replaced) await this.retire(replaced);
     else for (const listener of this.exportListeners) listener(args.name, nbdUri(this.nbdAddress, args.name));
     return {};
+  }
+
+  /** A new all-Invalid table in a free slot. What can still fail is the memory: the shared
+   *  memory is bounded (MEMORY_MAXIMUM_PAGES), and the host may run out before that. */
+  private createTable(disk: number, entryCount: number, segmentShift: number): { slot: number; generation: number } {
+    const slot = this.slots.take();
+    if (slot === null) throw new RequestError("ENOSPC", `agent ${this.options.id}: no free table slot for disk ${disk} (all ${TABLE_SLOTS_MAX} in use)`);
+    try {
+      return { slot, generation: this.shared.createTable(slot, entryCount, segmentShift) };
+    } catch (error) {
+      this.slots.release(slot);
+      if (!(error instanceof TablesError)) throw error;
+      const { memoryBytes } = this.shared.pageStats();
+      const code = error.code === ERR_NO_MEMORY ? "ENOMEM" : "EINVAL";
+      throw new RequestError(code, `agent ${this.options.id}: cannot load the table of disk ${disk}: ${error.message} (table memory ${formatSize(memoryBytes)})`);
+    }
   }
 
   private openGates(tables: Table[]): void {
@@ -606,7 +623,7 @@ export class Agent {
     this.shared.retireTable(table.slot);
     await this.inflight.drain(table.slot);
     this.shared.freeTable(table.slot);
-    this.freeSlots.push(table.slot);
+    this.slots.release(table.slot);
     // I/O held by a quiesce whose activate never came (the controller died mid-group) wakes and
     // finds its table gone.
     this.openGates([table]);

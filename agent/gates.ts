@@ -4,16 +4,18 @@
 // A worker enters the in-flight bucket before it looks at the gate, so a quiesce that closes the
 // gate and then drains either waits for that I/O or is seen by it.
 import { assert } from "../engine/util/assert.ts";
+import { TABLE_SLOTS_MAX } from "../wasm/tables-api.ts";
 
 export class QuiesceGates {
-  private readonly cells: Int32Array;
+  private readonly cells: Int8Array;
 
   private constructor(readonly buffer: SharedArrayBuffer) {
-    this.cells = new Int32Array(buffer);
+    this.cells = new Int8Array(buffer);
   }
 
-  static create(slots: number): QuiesceGates {
-    return new QuiesceGates(new SharedArrayBuffer(slots * 4));
+  /** One byte per possible slot (1 MiB): the pages of slots never used are never touched. */
+  static create(): QuiesceGates {
+    return new QuiesceGates(new SharedArrayBuffer(TABLE_SLOTS_MAX));
   }
 
   static attach(buffer: SharedArrayBuffer): QuiesceGates {

@@ -96,13 +96,22 @@ export class MappedBackend implements NbdBackend {
     for (const waiter of this.gateWaiters.splice(0)) waiter();
   }
 
-  setExports(exports: ExportEntry[]): void {
-    this.byName.clear();
-    this.byDisk.clear();
-    for (const entry of exports) {
+  /** Applies a change of the export list: `set` adds or replaces (by disk), `removed` drops.
+   *  A name stays with the latest table given it, whichever disk went since. */
+  changeExports(set: ExportEntry[], removed: number[]): void {
+    for (const disk of removed) this.forget(disk);
+    for (const entry of set) {
+      this.forget(entry.disk);
       this.byName.set(entry.name, entry);
       this.byDisk.set(entry.disk, entry);
     }
+  }
+
+  private forget(disk: number): void {
+    const entry = this.byDisk.get(disk);
+    if (!entry) return;
+    this.byDisk.delete(disk);
+    if (this.byName.get(entry.name) === entry) this.byName.delete(entry.name);
   }
 
   current(disk: number): ExportEntry | undefined {

@@ -38,7 +38,8 @@ export type ToWorker =
     }
   /** Gates were opened: I/O held by a quiesce looks again. */
   | { type: "activate" }
-  | { type: "exports"; exports: ExportEntry[]; version: number }
+  /** The export list changed: `set` are new or replaced tables (by disk), `removed` disks went. */
+  | { type: "exports"; set: ExportEntry[]; removed: number[]; version: number }
   | { type: "containers"; containers: ContainerEntry[] }
   | { type: "resume"; request: number; errno?: "EIO" | "ENOSPC" | "EPERM" | "EINVAL" }
   | { type: "stop" };

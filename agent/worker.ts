@@ -12,6 +12,7 @@ import { startNbdServer, type NbdServer } from "./nbd/server.ts";
 import type { FromWorker, ToWorker } from "./thread-messages.ts";
 import { BatchingPort, onMessages } from "./thread-port.ts";
 import { listenError } from "../engine/util/address.ts";
+import { assert } from "../engine/util/assert.ts";
 
 declare const self: Worker;
 
@@ -75,7 +76,9 @@ onMessages<ToWorker>(self, (message) => {
       init(message).catch((error: Error) => post({ type: "failed", message: error.message }));
       return;
     case "exports":
-      backend?.setExports(message.exports);
+      // The main thread waits for "listening" before it sends any, so no change is missed.
+      assert(backend, "export change before the worker started");
+      backend.changeExports(message.set, message.removed);
       post({ type: "exports-applied", version: message.version });
       return;
     case "activate":

@@ -114,6 +114,11 @@ function print(json: boolean, value: unknown, human: () => string): void {
   console.log(json ? JSON.stringify(value, null, 2) : human());
 }
 
+/** A warning of the controller's: what happened is not all that was asked (on stderr, exit 0). */
+function warn(warning: string | undefined): void {
+  if (warning) process.stderr.write(`ctl: warning: ${warning}\n`);
+}
+
 program
   .command("up")
   .description("run a controller and one agent in the foreground; every disk is exported under its name")
@@ -230,7 +235,7 @@ disk
       client.request("disk.create", { name, size: options.size, segmentSize: options.segmentSize, mode: options.mode }),
     );
     print(!!options.json, created, () => `created disk ${created.name}: ${formatSize(created.size)}, segments of ${formatSize(created.segmentSize)}`);
-    if (created.warning) process.stderr.write(`ctl: warning: ${created.warning}\n`);
+    warn(created.warning);
   });
 
 disk
@@ -331,6 +336,7 @@ snapshot
       created,
       () => `created snapshot ${created.name} of ${source}: ${formatSize(created.size)}, ${created.mode} delta${created.protected ? ", protected" : ""}`,
     );
+    warn(created.warning);
   });
 
 for (const [verb, on] of [
@@ -379,6 +385,7 @@ const group = snapshot
     });
     const created = await withController((client) => client.request("snapshot.group", { pairs: parsed, timeoutMs: options.timeout }));
     print(!!options.json, created, () => created.map((disk) => `created snapshot ${disk.name} of ${disk.parent ?? "?"}`).join("\n"));
+    for (const disk of created) warn(disk.warning);
   });
 
 const lun = program.command("lun").description("storage containers (LUNs) of the pool");

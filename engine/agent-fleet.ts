@@ -141,9 +141,21 @@ export class AgentFleet {
     agent.disks.delete(disk.id);
   }
 
-  /** Sends a new disk's table to every agent it is presented to. */
-  async exportDisk(disk: Disk): Promise<void> {
-    await Promise.all(this.all().filter((agent) => presentedTo(disk, agent.id)).map((agent) => this.sendTable(agent, disk)));
+  /** Sends a disk's table to an agent; what went wrong if the agent could not load it (its
+   *  memory is exhausted, say): the disk stays, just not exported there. */
+  async loadTable(agent: AgentLink, disk: Disk): Promise<string | null> {
+    try {
+      await this.sendTable(agent, disk);
+      return null;
+    } catch (error) {
+      return `agent ${agent.id} could not load its table (${(error as Error).message})`;
+    }
+  }
+
+  /** Sends a new disk's table to every agent it is presented to; says which could not load it. */
+  async exportDisk(disk: Disk): Promise<string[]> {
+    const failures = await Promise.all(this.all().filter((agent) => presentedTo(disk, agent.id)).map((agent) => this.loadTable(agent, disk)));
+    return failures.filter((failure) => failure !== null);
   }
 
   /** Sends the entries `segments` of `disk` to its agents (but `except`), as runs over contiguous

@@ -12,7 +12,7 @@ import { failpoint } from "./failpoints.ts";
 import { FaultQueue } from "./fault-queue.ts";
 import { FaultResolver, type FaultAnswer } from "./faults.ts";
 import { restoreEntries, type RestoreContext } from "./restore.ts";
-import { createSnapshots, diff, rollback, type SnapshotContext } from "./snapshots.ts";
+import { createSnapshots, diff, rollback, type CreatedSnapshot, type SnapshotContext } from "./snapshots.ts";
 import { Pool } from "./pool.ts";
 import { ensureSecret, secretsMatch, SECRET_FILE } from "./secret.ts";
 import { KeyedMutex } from "./util/mutex.ts";
@@ -29,6 +29,7 @@ import {
   LUN_FAILURE_LENGTH_MAX,
   LEASE_MS_MIN,
   PROTOCOL_VERSION,
+  WARNING_LENGTH_MAX,
   type ArgsOf,
   type ControllerRequests,
   type DiskSummary,
@@ -272,7 +273,12 @@ export class Controller {
     const agent = await this.agents.register(id, instance, nbd, leaseMs, peer, handingBack);
     await this.catalogLock.run("catalog", async () => {
       for (const lun of this.catalog.luns.values()) await peer.request("add_container", { id: lun.id, path: lun.path });
-      for (const disk of this.catalog.disks.values()) if (presentedTo(disk, id)) await this.agents.sendTable(agent, disk);
+      // A table the agent cannot load (out of memory) leaves that disk out, not the others.
+      for (const disk of this.catalog.disks.values()) {
+        if (!presentedTo(disk, id)) continue;
+        const failure = await this.agents.loadTable(agent, disk);
+        if (failure) this.say(`disk ${disk.name} is not exported on agent ${id}: ${failure}`);
+      }
     });
     this.say(`agent ${id} registered (nbd ${nbd})`);
     return agent;
@@ -329,6 +335,10 @@ export class Controller {
     const disk = this.catalog.diskByName(name);
     if (!disk) throw new RequestError("NOT_FOUND", `no disk named "${name}"`);
     return disk;
+  }
+
+  private createdSummary({ disk, notLoaded }: CreatedSnapshot): ResultOf<ControllerRequests, "snapshot.create"> {
+    return { ...this.summary(disk), warning: warningOf([notExportedWarning(disk, notLoaded)]) };
   }
 
   private summary(disk: Disk): DiskSummary {
@@ -441,8 +451,8 @@ export class Controller {
       const id = this.catalog.newDiskId();
       await this.persistRecords([{ t: "disk", id, name: args.name, size: args.size, segmentShift: shift, mode: args.mode ?? "forward" }]);
       const disk = this.catalog.disk(id);
-      await this.agents.exportDisk(disk);
-      return { ...this.summary(disk), warning: this.overcommitWarning(disk) };
+      const notLoaded = await this.agents.exportDisk(disk);
+      return { ...this.summary(disk), warning: warningOf([this.overcommitWarning(disk), notExportedWarning(disk, notLoaded)]) };
     });
   }
 
@@ -489,7 +499,7 @@ export class Controller {
     });
   }
 
-  private async createSnapshot(args: ArgsOf<ControllerRequests, "snapshot.create">): Promise<DiskSummary> {
+  private async createSnapshot(args: ArgsOf<ControllerRequests, "snapshot.create">): Promise<ResultOf<ControllerRequests, "snapshot.create">> {
     return this.catalogLock.run("catalog", async () => {
       const source = this.diskNamed(args.source);
       this.checkNewName(args.name);
@@ -498,7 +508,7 @@ export class Controller {
           { source, name: args.name, mode: args.mode ?? source.mode, invalidate: args.invalidate ?? false, protect: args.protect ?? false },
         ]),
       );
-      return this.summary(created!);
+      return this.createdSummary(created!);
     });
   }
 
@@ -508,7 +518,7 @@ export class Controller {
    * across the disks. On any failure (time limit, agent gone) no snapshot is made and every held
    * I/O is released.
    */
-  private async createGroup(args: ArgsOf<ControllerRequests, "snapshot.group">): Promise<DiskSummary[]> {
+  private async createGroup(args: ArgsOf<ControllerRequests, "snapshot.group">): Promise<ResultOf<ControllerRequests, "snapshot.group">> {
     const timeoutMs = args.timeoutMs ?? GROUP_QUIESCE_TIMEOUT_MS_DEFAULT;
     return this.catalogLock.run("catalog", async () => {
       const sources = args.pairs.map((pair) => this.diskNamed(pair.source));
@@ -529,7 +539,7 @@ export class Controller {
           await this.agents.activateAll(quiesced, sources);
         }
       });
-      return created.map((disk) => this.summary(disk));
+      return created.map((snapshot) => this.createdSummary(snapshot));
     });
   }
 
@@ -698,6 +708,19 @@ export class Controller {
 }
 
 /** The segments of `disk` whose storage lies on container `lun`. */
+/** A created disk exists whatever its agents say: the caller learns where it is not exported. */
+function notExportedWarning(disk: Disk, notLoaded: string[]): string | undefined {
+  if (notLoaded.length === 0) return undefined;
+  return `disk ${disk.name} was created, but ${notLoaded.join("; ")}: it is not exported there until that agent registers again`;
+}
+
+/** The warnings of a create as one, cut to what the wire carries. */
+function warningOf(parts: (string | undefined)[]): string | undefined {
+  const warning = parts.filter((part) => part !== undefined).join("; ");
+  if (warning === "") return undefined;
+  return warning.length <= WARNING_LENGTH_MAX ? warning : `${warning.slice(0, WARNING_LENGTH_MAX - 3)}...`;
+}
+
 function segmentsOn(disk: Disk, lun: number): number[] {
   const segments: number[] = [];
   for (const [index, word] of disk.table.locations()) if (entryContainer(word) === lun) segments.push(index);

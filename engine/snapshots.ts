@@ -9,8 +9,8 @@ import { assert } from "./util/assert.ts";
 export interface SnapshotContext extends TableContext {
   /** Sets states on a disk's whole table at every agent mapping it (step 320/325). */
   pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void>;
-  /** Makes every agent serve a new disk (new_table). */
-  exportDisk(disk: Disk): Promise<void>;
+  /** Makes every agent serve a new disk (new_table); says which agents could not load it. */
+  exportDisk(disk: Disk): Promise<string[]>;
   newDiskId(): number;
 }
 
@@ -24,6 +24,12 @@ export interface SnapshotRequest {
   protect: boolean;
 }
 
+/** A snapshot made, and the agents that could not load its table (see AgentFleet.exportDisk). */
+export interface CreatedSnapshot {
+  disk: Disk;
+  notLoaded: string[];
+}
+
 /**
  * Process 300 for one or more disks at once (a consistency group has quiesced them before): Nw in
  * the persistent tables (310), pushed to every agent with the blocking flag so writes in flight
@@ -31,7 +37,7 @@ export interface SnapshotRequest {
  * leaves either no snapshot or a whole one (Nw without a snapshot is cleared by the next write:
  * the segment is not shared). The caller holds the family locks.
  */
-export async function createSnapshots(ctx: SnapshotContext, requests: SnapshotRequest[]): Promise<Disk[]> {
+export async function createSnapshots(ctx: SnapshotContext, requests: SnapshotRequest[]): Promise<CreatedSnapshot[]> {
   await ctx.persist([{ t: "nw", disks: requests.map((request) => request.source.id) }]);
   ctx.failpoint("snapshot-after-nw");
   await Promise.all(requests.map((request) => ctx.pushStates(request.source, [request.invalidate ? "invalid" : "nw"], true)));
@@ -46,9 +52,9 @@ export async function createSnapshots(ctx: SnapshotContext, requests: SnapshotRe
   }));
   await ctx.persist([{ t: "clone", disks }]);
   ctx.failpoint("snapshot-after-clone");
+  // The snapshots exist from here on, whatever an agent says.
   const created = disks.map((disk) => ctx.catalog.disk(disk.id));
-  await Promise.all(created.map((disk) => ctx.exportDisk(disk)));
-  return created;
+  return Promise.all(created.map(async (disk) => ({ disk, notLoaded: await ctx.exportDisk(disk) })));
 }
 
 /**

@@ -190,6 +190,23 @@ function suite(kind: NbdTargetKind): void {
     await target.assertServes();
   });
 
+  test("handshake: once a client has listed the exports it may ask about each (a few options per export), not more", async () => {
+    const OPTION_COUNT_MAX = 1024;
+    const PER_LISTED_EXPORT = 4;
+    await withClient(async (c) => {
+      await c.handshake();
+      const listed = (await c.option(NBD.OPT_LIST)).filter((reply) => reply.type === NBD.REP_SERVER).length;
+      expect(listed).toBeGreaterThan(0);
+      const allowed = OPTION_COUNT_MAX - 1 + PER_LISTED_EXPORT * listed;
+      await c.send(concat(...Array.from({ length: allowed }, () => concat(u64(NBD.IHAVEOPT), u32(0x4242), u32(0)))));
+      for (let i = 0; i < allowed; i += 1) expect((await c.readOptionReply()).type).toBe(NBD.REP_ERR_UNSUP);
+      // Listing again adds nothing: this option is one too many.
+      await c.sendOption(NBD.OPT_LIST);
+      await c.expectClose();
+    });
+    await target.assertServes();
+  });
+
   // ---------------------------------------------------------------------------------------------
   // NBD_OPT_EXPORT_NAME (L1161-1190)
 

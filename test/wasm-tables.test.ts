@@ -36,6 +36,7 @@ import {
   STATUS_OK,
   STATUS_RANGE,
   STATUS_TOO_MANY,
+  TABLE_SLOTS_MAX,
   TablesError,
   type TableStore,
 } from "../wasm/tables.ts";
@@ -239,6 +240,10 @@ describe.each(implementations)("tables contract (%s)", (_name, make) => {
 
   test("freeing a table returns its memory, and the slot can be used again", async () => {
     const t = await make();
+    // A slot's record stays once the slot has been used (slots are reused).
+    t.createTable(7, 1, SHIFT);
+    t.retireTable(7);
+    t.freeTable(7);
     const before = t.memoryBytes();
     t.createTable(7, 2 ** 21, SHIFT);
     for (let i = 0; i < 2 ** 21; i += 50_000) t.setEntry(7, i, mappedWord(1, i * SEG));
@@ -307,7 +312,7 @@ describe.each(implementations)("tables contract (%s)", (_name, make) => {
 
   test("rejects bad arguments with TablesError codes", async () => {
     const t = await make();
-    expect(errorCode(() => t.createTable(1024, 10, SHIFT))).toBe(ERR_SLOT);
+    expect(errorCode(() => t.createTable(TABLE_SLOTS_MAX, 10, SHIFT))).toBe(ERR_SLOT);
     expect(errorCode(() => t.createTable(0, 0, SHIFT))).toBe(ERR_ARGUMENT);
     expect(errorCode(() => t.createTable(0, 2 ** 32 + 1, SHIFT))).toBe(ERR_ARGUMENT);
     expect(errorCode(() => t.createTable(0, 1.5, SHIFT))).toBe(ERR_ARGUMENT);
@@ -338,13 +343,39 @@ describe("wasm tables", () => {
     t.createTable(0, 2 ** 20, SHIFT);
     for (let i = 0; i < 2 ** 20; i += 512) t.setEntry(0, i, ZERO_WORD | ENTRY_NO_WRITE);
     const used = t.pageStats();
-    expect(used.inUse).toBe(1 + 2 + 2048); // directory, 2 mids, 2048 leaves
+    expect(used.inUse).toBe(1 + 2 + 2048); // the slot page (with the directory in it), 2 mids, 2048 leaves
     t.retireTable(0);
     t.freeTable(0);
-    expect(t.pageStats()).toMatchObject({ inUse: 0, free: used.inUse, reserved: used.reserved });
+    expect(t.pageStats()).toMatchObject({ inUse: 1, free: used.inUse - 1, reserved: used.reserved });
     t.createTable(0, 2 ** 20, SHIFT);
     for (let i = 0; i < 2 ** 20; i += 512) t.setEntry(0, i, ZERO_WORD | ENTRY_NO_WRITE);
     expect(t.pageStats()).toMatchObject({ inUse: used.inUse, free: 0, reserved: used.reserved });
+  });
+
+  test("slots have no fixed limit below TABLE_SLOTS_MAX, and an empty table costs its 64-byte slot record", async () => {
+    const t = await SharedTables.create();
+    const tables = 5000;
+    const generations: number[] = [];
+    // Up to 6 mids (6 x 2^19 entries: 3 TiB at 1 MiB segments) the directory lies in the slot record.
+    for (let slot = 0; slot < tables; slot += 1) generations.push(t.createTable(slot, 6 * 2 ** 19, SHIFT));
+    expect(t.pageStats().inUse).toBe(Math.ceil(tables / 64));
+    const top = TABLE_SLOTS_MAX - 1;
+    const g = t.createTable(top, 10, SHIFT);
+    t.fillEntries(top, 0, 10, ZERO_WORD);
+    expect(resolve(t, top, g, 0, 10 * SEG, OP_READ)).toMatchObject({ status: STATUS_OK, extents: [zero(10 * SEG)] });
+    for (let slot = 0; slot < tables; slot += 1) t.setEntry(slot, slot, ZERO_WORD);
+    for (let slot = 0; slot < tables; slot += 97) {
+      expect(resolve(t, slot, generations[slot]!, slot * SEG, SEG, OP_READ)).toMatchObject({ status: STATUS_OK, extents: [zero(SEG)] });
+      expect(resolve(t, slot, generations[slot]!, 0, SEG, OP_READ).status).toBe(slot === 0 ? STATUS_OK : STATUS_FAULT);
+    }
+    // A slot whose page was never used is empty, not an error.
+    expect(resolve(t, tables + 64 * 10, 1, 0, SEG, OP_READ).status).toBe(STATUS_GONE);
+    expect(errorCode(() => t.getEntry(tables + 64 * 10, 0))).toBe(ERR_NO_TABLE);
+    t.freeTable(tables + 64 * 10);
+    // A larger table's directory takes a page of its own.
+    const inUse = t.pageStats().inUse;
+    t.createTable(tables, 7 * 2 ** 19, SHIFT);
+    expect(t.pageStats().inUse).toBe(inUse + 1);
   });
 
   test("result views survive memory.grow; workers attach to the same tables", async () => {

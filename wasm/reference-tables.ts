@@ -65,8 +65,8 @@ function isCount(value: number): boolean {
 }
 
 export class ReferenceTables implements TableStore {
-  private readonly tables: (Table | undefined)[] = new Array(TABLE_SLOTS_MAX).fill(undefined);
-  private readonly generations = new Uint32Array(TABLE_SLOTS_MAX);
+  private readonly tables = new Map<number, Table>();
+  private readonly generations = new Map<number, number>();
 
   // The result of the last resolve().
   private readonly offsets = new Float64Array(EXTENTS_MAX);
@@ -86,11 +86,12 @@ export class ReferenceTables implements TableStore {
     if (!Number.isInteger(segmentShift) || segmentShift < SEGMENT_SHIFT_MIN || segmentShift > SEGMENT_SHIFT_MAX) {
       throw new TablesError(ERR_ARGUMENT, context);
     }
-    if (this.tables[slot]) throw new TablesError(ERR_BUSY, context);
+    if (this.tables.has(slot)) throw new TablesError(ERR_BUSY, context);
     const sizeBytes = entryCount * 2 ** segmentShift;
-    this.tables[slot] = { entryCount, segmentShift, sizeBytes, live: true, leaves: new Map() };
-    const generation = this.generations[slot]! >= GENERATION_MAX ? 1 : this.generations[slot]! + 1;
-    this.generations[slot] = generation;
+    this.tables.set(slot, { entryCount, segmentShift, sizeBytes, live: true, leaves: new Map() });
+    const previous = this.generations.get(slot) ?? 0;
+    const generation = previous >= GENERATION_MAX ? 1 : previous + 1;
+    this.generations.set(slot, generation);
     return generation;
   }
 
@@ -101,9 +102,8 @@ export class ReferenceTables implements TableStore {
   freeTable(slot: number): void {
     const context = `freeTable(${slot})`;
     this.checkSlot(slot, context);
-    const table = this.tables[slot];
-    if (table?.live) throw new TablesError(ERR_BUSY, context);
-    this.tables[slot] = undefined;
+    if (this.tables.get(slot)?.live) throw new TablesError(ERR_BUSY, context);
+    this.tables.delete(slot);
   }
 
   setEntry(slot: number, index: number, word: number): void {
@@ -175,8 +175,7 @@ export class ReferenceTables implements TableStore {
   /** Counts materialised leaves only, as the WebAssembly tables count pages. */
   memoryBytes(): number {
     let leaves = 0;
-    for (const table of this.tables) {
-      if (!table) continue;
+    for (const table of this.tables.values()) {
       for (const leaf of table.leaves.values()) if (leaf instanceof Float64Array) leaves++;
     }
     return leaves * TABLE_PAGE_BYTES;
@@ -188,7 +187,7 @@ export class ReferenceTables implements TableStore {
 
   private table(slot: number, context: string): Table {
     this.checkSlot(slot, context);
-    const table = this.tables[slot];
+    const table = this.tables.get(slot);
     if (!table) throw new TablesError(ERR_NO_TABLE, context);
     return table;
   }
@@ -207,8 +206,8 @@ export class ReferenceTables implements TableStore {
     this.first = this.last = -1;
     this.state = 0;
     this.covered = 0;
-    const table = this.tables[slot];
-    if (!table || !table.live || generation === 0 || this.generations[slot] !== generation) return STATUS_GONE;
+    const table = this.tables.get(slot);
+    if (!table || !table.live || generation === 0 || this.generations.get(slot) !== generation) return STATUS_GONE;
     if (!(offset >= 0 && length >= 0 && offset + length <= table.sizeBytes)) return STATUS_RANGE;
     return this.scan(table, offset, offset + length, op);
   }

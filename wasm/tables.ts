@@ -24,7 +24,12 @@ import {
   SCRATCH_FAULT_STATE,
   SCRATCH_HEADER_BYTES,
   SCRATCH_SLOT_BYTES,
+  SLOT_PAGES_MAX,
+  SLOTS_PER_PAGE,
   TABLE_PAGE_BYTES,
+  TABLE_SLOT_BYTES,
+  TABLE_SLOTS_BASE,
+  TABLE_SLOTS_MAX,
   THREADS_MAX,
   WASM_PAGE_BYTES,
 } from "./assembly/layout.ts";
@@ -41,6 +46,8 @@ const WASM_URL = new URL("./build/tables.wasm", import.meta.url);
 assert(SCRATCH_SLOT_BYTES === SCRATCH_HEADER_BYTES + EXTENTS_MAX * EXTENT_BYTES, "scratch slot size");
 assert(SCRATCH_BASE + THREADS_MAX * SCRATCH_SLOT_BYTES <= HEAP_BASE, "scratch overlaps the heap");
 assert(HEAP_BASE <= MEMORY_INITIAL_PAGES * WASM_PAGE_BYTES, "heap base beyond the initial memory");
+assert(SLOTS_PER_PAGE * TABLE_SLOT_BYTES === TABLE_PAGE_BYTES && TABLE_SLOTS_MAX === SLOT_PAGES_MAX * SLOTS_PER_PAGE, "slot pages");
+assert(TABLE_SLOTS_BASE + SLOT_PAGES_MAX * 4 <= SCRATCH_BASE, "slot directory overlaps the scratch area");
 assert(SCRATCH_SLOT_BYTES % 8 === 0 && EXTENT_BYTES % 8 === 0 && SCRATCH_HEADER_BYTES % 8 === 0, "alignment");
 
 const EXTENT_F64S = EXTENT_BYTES / 8;

@@ -7,7 +7,7 @@
  * (L2420-2422). The only hard disconnects are the ones the protocol mandates or permits: bad client
  * flags (L1087-1089), a lost option framing (bad IHAVEOPT magic), NBD_OPT_EXPORT_NAME that cannot
  * be satisfied (L1171-1174), and denial of service: an option longer than OPTION_LENGTH_MAX or more
- * than OPTION_COUNT_MAX options (L270-273). TLS is not offered: STARTTLS gets NBD_REP_ERR_POLICY,
+ * than OPTION_COUNT_MAX options, plus OPTIONS_PER_LISTED_EXPORT per export listed (L270-273). TLS is not offered: STARTTLS gets NBD_REP_ERR_POLICY,
  * which NOTLS mode allows (L558-565).
  */
 import { assert } from "../../engine/util/assert.ts";
@@ -45,6 +45,7 @@ import {
   OPT_STARTTLS,
   OPT_STRUCTURED_REPLY,
   OPTION_COUNT_MAX,
+  OPTIONS_PER_LISTED_EXPORT,
   OPTION_HEADER_BYTES,
   OPTION_LENGTH_MAX,
   OPTION_REPLY_HEADER_BYTES,
@@ -119,6 +120,7 @@ export class Handshake {
   /** The last NBD_OPT_SET_META_CONTEXT result: export it named and whether base:allocation was chosen. */
   private metaSelection: { exportName: string; allocation: boolean } | null = null;
   private optionCount = 0;
+  private optionCountMax = OPTION_COUNT_MAX;
   private readonly header: OptionHeader = { magicOk: false, option: 0, length: 0 };
 
   constructor(private readonly host: HandshakeHost) {}
@@ -172,8 +174,8 @@ export class Handshake {
       const data = buf.subarray(pos + OPTION_HEADER_BYTES, pos + OPTION_HEADER_BYTES + header.length);
       pos += OPTION_HEADER_BYTES + header.length;
       this.optionCount++;
-      if (this.optionCount > OPTION_COUNT_MAX) {
-        this.hangUp(`more than ${OPTION_COUNT_MAX} options`);
+      if (this.optionCount > this.optionCountMax) {
+        this.hangUp(`more than ${this.optionCountMax} options`);
         return end;
       }
       this.handleOption(header.option, data);
@@ -254,6 +256,8 @@ export class Handshake {
       this.host.log(`listExports failed: ${String(e)}`);
       return this.replyError(option, REP_ERR_POLICY, "the export list is not available");
     }
+    // Listing again does not add more: the allowance follows the exports, not the lists.
+    this.optionCountMax = Math.max(this.optionCountMax, OPTION_COUNT_MAX + OPTIONS_PER_LISTED_EXPORT * exports.length);
     for (const info of exports) {
       const name = encodeUtf8(info.name);
       const description = info.description ? encodeUtf8(info.description) : EMPTY;

@@ -159,8 +159,11 @@ export const BLOCK_STATUS_EXTENT_BYTES = 8;
 export const STRING_LENGTH_MAX = 4096;
 /** Largest option payload we buffer; more is a denial of service and ends the connection (L270-273). */
 export const OPTION_LENGTH_MAX = 256 * 1024;
-/** Options per connection before we call it a denial of service and hang up. */
+/** Options per connection before we call it a denial of service and hang up... */
 export const OPTION_COUNT_MAX = 1024;
+/** ...plus this many per export once the client has listed them (`nbdinfo --list` asks about
+ *  each export in turn on one connection, and a host may serve thousands). */
+export const OPTIONS_PER_LISTED_EXPORT = 4;
 /** Metadata queries per LIST/SET_META_CONTEXT option. */
 export const META_QUERY_COUNT_MAX = 128;
 /** Advertised size constraints (L814-845): byte-granular, 4 KiB preferred, 32 MiB per payload. */

@@ -14,7 +14,7 @@ export const NAME_RULE = "use letters, digits, '.', '_' and '-', starting with a
 export const PATH_LENGTH_MAX = 4096;
 export const RUNS_PER_MESSAGE_MAX = 65536;
 export const ENTRIES_PER_QUERY_MAX = 65536;
-export const DISKS_MAX = 4096;
+export const DISKS_MAX = 16384;
 export const CONTAINERS_MAX = 4095;
 export const DIFF_RANGES_MAX = 1 << 20;
 export const GROUP_DISKS_MAX = 256;
@@ -87,6 +87,9 @@ const diskSummaryFields = {
   sharedBytes: uint(),
 };
 const diskSummary = object(diskSummaryFields);
+/** A disk just created, with a warning when not everything went as asked: a disk larger than the
+ *  pool's free space (thin: accepted), or an agent that could not load its table. */
+const createdDisk = object({ ...diskSummaryFields, warning: optional(str(WARNING_LENGTH_MAX)) });
 export type DiskSummary = Infer<typeof diskSummary>;
 
 const agentSummary = object({ id: name, nbd: str(PATH_LENGTH_MAX), connected: bool, disks: array(name, DISKS_MAX) });
@@ -123,12 +126,11 @@ export const controllerRequests = {
   hello: { args: helloArgs, result: object({ version: uint(), controller: str(NAME_LENGTH_MAX), run: optional(uint()) }) },
   "disk.create": {
     args: object({ name, size: uint(), segmentSize: optional(uint()), mode: optional(mode) }),
-    /** With a warning when the disk is larger than the pool's free space (thin: accepted). */
-    result: object({ ...diskSummaryFields, warning: optional(str(WARNING_LENGTH_MAX)) }),
+    result: createdDisk,
   },
   "snapshot.create": {
     args: object({ source: name, name, mode: optional(mode), invalidate: optional(bool), protect: optional(bool) }),
-    result: diskSummary,
+    result: createdDisk,
   },
   /** Protects a disk (on) or lifts the protection. */
   "disk.protect": { args: object({ name, on: bool }), result: diskSummary },
@@ -137,7 +139,7 @@ export const controllerRequests = {
       pairs: array(object({ source: name, name }), GROUP_DISKS_MAX),
       timeoutMs: optional(uint(3_600_000)),
     }),
-    result: array(diskSummary, GROUP_DISKS_MAX),
+    result: array(createdDisk, GROUP_DISKS_MAX),
   },
   /** `force`: even while a host has the disk open. */
   "disk.rollback": { args: object({ name, snapshot: name, force: optional(bool) }), result: diskSummary },

@@ -17,13 +17,14 @@ export interface UpSystem {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
-export async function startUp(options: { lunSize?: string; dir?: string; env?: Record<string, string> } = {}): Promise<UpSystem> {
+export async function startUp(options: { lunSize?: string; dir?: string; env?: Record<string, string>; extraArgs?: string[] } = {}): Promise<UpSystem> {
   const dir = options.dir ?? tempDir("tabledisk").path;
   const data = join(dir, "data");
   const control = `unix:${join(dir, "control.sock")}`;
   const nbdSocket = join(dir, "nbd.sock");
   const args = ["--control", control, "up", "--data", data, "--nbd", `unix:${nbdSocket}`];
   if (options.lunSize) args.push("--lun-size", options.lunSize);
+  if (options.extraArgs) args.push(...options.extraArgs);
   const system: UpSystem = {
     dir,
     data,

@@ -20,6 +20,7 @@ import {
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../../engine/wire/peer.ts";
 import { INVALID_WORD } from "../../wasm/entry.ts";
 import { TABLE_SLOTS_MAX, type SharedTables } from "../../wasm/tables.ts";
+import { TableSlots } from "../../agent/table-slots.ts";
 import { DataPath, HostError, type DataPathContext, type ExportedTable, type FaultRequest } from "./agent-io.ts";
 import { SimInflight } from "./inflight.ts";
 import type { CrashKind } from "./log-disk.ts";
@@ -125,7 +126,7 @@ class AgentProcess implements DataPathContext {
   readonly life: Life;
   readonly scheduler: Scheduler;
   readonly random: Random;
-  readonly gates = QuiesceGates.create(TABLE_SLOTS_MAX);
+  readonly gates = QuiesceGates.create();
   readonly inflight = new SimInflight();
   readonly storage: HostStorage;
   readonly data = new DataPath(this);
@@ -134,9 +135,8 @@ class AgentProcess implements DataPathContext {
   private failRequests!: (error: Error) => void;
   private readonly byDisk = new Map<number, Table>();
   private readonly containers = new Set<number>();
-  private readonly freeSlots: number[] = [];
   /** Slots holding a table, live or retiring; freed at once if the process dies. */
-  private readonly usedSlots = new Set<number>();
+  private readonly slots = new TableSlots();
   private leaseUntil = 0;
   private controller: ControllerPeer | null = null;
   private reloaded = new Set<number>();
@@ -160,14 +160,13 @@ class AgentProcess implements DataPathContext {
     this.storage = new HostStorage(env.storage, host, this.life, env.dropWrites);
     this.crashed = new Promise<never>((_, reject) => (this.failRequests = reject));
     this.crashed.catch(() => undefined);
-    for (let slot = TABLE_SLOTS_MAX - 1; slot >= 0; slot -= 1) this.freeSlots.push(slot);
     void this.connectLoop();
   }
 
   kill(): void {
     this.life.end();
     this.failRequests(new HostError("ECONNRESET", `agent ${this.host} crashed`));
-    for (const slot of this.usedSlots) {
+    for (const slot of this.slots.inUse()) {
       this.tables.retireTable(slot);
       this.tables.freeTable(slot);
     }
@@ -411,10 +410,9 @@ class AgentProcess implements DataPathContext {
   private async newTable(args: ArgsOf<AgentRequests, "new_table">): Promise<object> {
     this.reloaded.add(args.disk);
     const entryCount = Math.ceil(args.size / 2 ** args.segmentShift);
-    const slot = this.freeSlots.pop();
-    if (slot === undefined) throw new RequestError("ENOSPC", `no free table slot (limit ${TABLE_SLOTS_MAX})`);
+    const slot = this.slots.take();
+    if (slot === null) throw new RequestError("ENOSPC", `no free table slot (all ${TABLE_SLOTS_MAX} in use)`);
     const generation = this.tables.createTable(slot, entryCount, args.segmentShift);
-    this.usedSlots.add(slot);
     const replaced = this.byDisk.get(args.disk);
     this.byDisk.set(args.disk, { disk: args.disk, name: args.name, slot, generation, sizeBytes: args.size, segmentShift: args.segmentShift, entryCount });
     if (replaced) await this.retire(replaced);
@@ -437,8 +435,7 @@ class AgentProcess implements DataPathContext {
     this.tables.retireTable(table.slot);
     await this.inflight.drain(table.slot);
     this.tables.freeTable(table.slot);
-    this.usedSlots.delete(table.slot);
-    this.freeSlots.push(table.slot);
+    this.slots.release(table.slot);
     this.openGates([table]);
   }
 

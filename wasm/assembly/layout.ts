@@ -51,8 +51,20 @@ export const MID_SPAN_SHIFT = 19;
 /** Tagged pointer (mid or leaf level): every entry below it is the Z word. 0 is "missing". */
 export const POINTER_UNIFORM_ZERO = 1;
 
+/**
+ * Table slots: one record of TABLE_SLOT_BYTES per slot, on slot pages (table pages, so a slot
+ * page exists only once a slot on it has been used); the slot directory at TABLE_SLOTS_BASE holds
+ * the address of each slot page. Slots are numbered 0 .. TABLE_SLOTS_MAX - 1 (the directory's
+ * SLOT_PAGES_MAX u32 pointers fill its 64 KiB); what bounds the tables in practice is the memory.
+ */
+export const TABLE_SLOT_BYTES = 64;
+export const SLOTS_PER_PAGE = 64; // TABLE_PAGE_BYTES / TABLE_SLOT_BYTES
+export const SLOT_PAGES_MAX = 16384;
+export const TABLE_SLOTS_MAX = 1048576; // SLOT_PAGES_MAX * SLOTS_PER_PAGE
+/** A directory of up to this many mid pointers lies in the slot record itself, not on a page. */
+export const INLINE_DIRECTORY_POINTERS = 6;
+
 /** Limits. */
-export const TABLE_SLOTS_MAX = 1024;
 export const THREADS_MAX = 64; // thread 0 is the main thread, workers are 1..63
 export const ENTRY_COUNT_MAX = 4294967296; // 2^32 entries per table
 export const EXTENTS_MAX = 1024; // extents in one resolve result
@@ -60,8 +72,7 @@ export const GENERATION_MAX = 2147483647; // generations wrap from here back to 
 
 /** Fixed areas (byte addresses). Address 0..4095 is left unused so 0 can mean "no page". */
 export const ALLOCATOR_BASE = 4096; // allocator header, 64 bytes
-export const TABLE_SLOTS_BASE = 65536; // TABLE_SLOTS_MAX slot records of TABLE_SLOT_BYTES
-export const TABLE_SLOT_BYTES = 64;
+export const TABLE_SLOTS_BASE = 65536; // the slot directory: SLOT_PAGES_MAX u32 page addresses
 export const SCRATCH_BASE = 131072; // THREADS_MAX scratch slots of SCRATCH_SLOT_BYTES
 export const HEAP_BASE = 2097152; // first table page (2 MiB); also asc's --memoryBase
 

@@ -10,17 +10,21 @@
 //
 //   0x000000  unused (address 0 means "no page")
 //   0x001000  allocator header: magic, bump page, free-page list head, page counters
-//   0x010000  table slots: 1024 x 64 B (live generation, generation, entry count, size,
-//             segment shift, directory address, directory pages, state)
+//   0x010000  slot directory: 16384 u32 addresses of slot pages (0: not allocated yet)
 //   0x020000  scratch: 64 threads x 24608 B, one resolve result each:
 //               header (32 B): extent count u32, fault state u32, fault first f64, fault last f64,
 //                              covered length f64
 //               1024 extents (24 B): physical offset f64, length f64, container u16, kind u16, pad
 //   0x200000  table pages (4 KiB each), bump-allocated upwards, growing the memory on demand
 //
+// A slot page (a table page) holds 64 slot records of 64 B (live generation, generation, entry
+// count, size, segment shift, directory address, directory pages, state, inline directory). It is
+// allocated when a slot on it is first used and never freed (slots are reused), so slots cost
+// memory only as far as they are used, and an empty table of up to 6 mids costs its record alone.
+//
 // One table (a sparse radix tree over entry indexes):
 //
-//   directory: ceil(entries / 2^19) u32 pointers, contiguous pages
+//   directory: ceil(entries / 2^19) u32 pointers, in the slot record (up to 6) or contiguous pages
 //     -> mid page: 1024 u32 pointers (one per 512 entries)
 //          -> leaf page: 512 u64 entries
 //
@@ -56,6 +60,7 @@ import {
   EXTENTS_MAX,
   GENERATION_MAX,
   HEAP_BASE,
+  INLINE_DIRECTORY_POINTERS,
   LEAF_ENTRIES,
   LEAF_SHIFT,
   MEMORY_MAXIMUM_PAGES,
@@ -75,6 +80,8 @@ import {
   SCRATCH_SLOT_BYTES,
   SEGMENT_SHIFT_MAX,
   SEGMENT_SHIFT_MIN,
+  SLOT_PAGES_MAX,
+  SLOTS_PER_PAGE,
   STATUS_ERROR,
   STATUS_FAULT,
   STATUS_GONE,
@@ -110,8 +117,9 @@ const S_ENTRY_COUNT: u32 = 8; // f64
 const S_SIZE_BYTES: u32 = 16; // f64: entry count << segment shift
 const S_SEGMENT_SHIFT: u32 = 24; // u32
 const S_DIRECTORY: u32 = 28; // u32: address of the directory
-const S_DIRECTORY_PAGES: u32 = 32; // u32
+const S_DIRECTORY_PAGES: u32 = 32; // u32: 0 when the directory is inline
 const S_STATE: u32 = 36; // u32: STATE_*
+const S_INLINE_DIRECTORY: u32 = 40; // INLINE_DIRECTORY_POINTERS u32 pointers
 const STATE_FREE: u32 = 0;
 const STATE_LIVE: u32 = 1;
 const STATE_RETIRED: u32 = 2;
@@ -172,7 +180,7 @@ export function init(): i32 {
   store<u32>(header(A_FREE_HEAD), 0);
   store<u32>(header(A_PAGES_IN_USE), 0);
   store<u32>(header(A_PAGES_FREE), 0);
-  memory.fill(<usize>TABLE_SLOTS_BASE, 0, <usize>(TABLE_SLOTS_MAX * TABLE_SLOT_BYTES));
+  memory.fill(<usize>TABLE_SLOTS_BASE, 0, <usize>(SLOT_PAGES_MAX * 4));
   atomic.store<u32>(header(A_MAGIC), MAGIC);
   return 0;
 }
@@ -214,8 +222,26 @@ export function pagesReserved(): u32 {
   return uniform == 0 ? 0 : <u32>POINTER_UNIFORM_ZERO;
 }
 
+@inline function slotPagePointer(slot: u32): u32 {
+  return <u32>TABLE_SLOTS_BASE + ((slot / <u32>SLOTS_PER_PAGE) << 2);
+}
+
+/** The record of `slot` (< TABLE_SLOTS_MAX), 0 if no slot of its page was ever used. Any thread. */
 @inline function slotAddress(slot: u32): u32 {
-  return <u32>TABLE_SLOTS_BASE + slot * <u32>TABLE_SLOT_BYTES;
+  const page = atomic.load<u32>(slotPagePointer(slot));
+  return page == 0 ? 0 : page + (slot % <u32>SLOTS_PER_PAGE) * <u32>TABLE_SLOT_BYTES;
+}
+
+/** The record of `slot`, its page allocated (all slots free) if need be; 0 if out of memory. */
+function slotAddressForNewTable(slot: u32): u32 {
+  const pointer = slotPagePointer(slot);
+  if (load<u32>(pointer) == 0) {
+    const page = allocPage();
+    if (page == 0) return 0;
+    memory.fill(page, 0, <u32>TABLE_PAGE_BYTES);
+    atomic.store<u32>(pointer, page);
+  }
+  return slotAddress(slot);
 }
 
 /** The entry at `index` (in range) of the table whose directory is `directory`. */
@@ -244,15 +270,22 @@ export function createTable(slot: u32, entryCount: f64, segmentShift: u32): i32 
   if (slot >= <u32>TABLE_SLOTS_MAX) return ERR_SLOT;
   if (!isCount(entryCount, <f64>ENTRY_COUNT_MAX) || entryCount < 1) return ERR_ARGUMENT;
   if (segmentShift < <u32>SEGMENT_SHIFT_MIN || segmentShift > <u32>SEGMENT_SHIFT_MAX) return ERR_ARGUMENT;
-  const t = slotAddress(slot);
+  const t = slotAddressForNewTable(slot);
+  if (t == 0) return ERR_NO_MEMORY;
   if (load<u32>(t + S_STATE) != STATE_FREE) return ERR_BUSY;
 
   const mids = <u32>((<u64>entryCount + MID_SPAN - 1) >> <u64>MID_SPAN_SHIFT);
-  const pages = (mids * 4 + <u32>TABLE_PAGE_BYTES - 1) >> <u32>TABLE_PAGE_SHIFT;
-  // A directory of several pages must be contiguous, so it comes from the bump region.
-  const directory = pages == 1 ? allocPage() : bumpPages(pages);
-  if (directory == 0) return ERR_NO_MEMORY;
-  memory.fill(directory, 0, pages << <u32>TABLE_PAGE_SHIFT);
+  let directory = t + S_INLINE_DIRECTORY;
+  let pages: u32 = 0;
+  if (mids > <u32>INLINE_DIRECTORY_POINTERS) {
+    pages = (mids * 4 + <u32>TABLE_PAGE_BYTES - 1) >> <u32>TABLE_PAGE_SHIFT;
+    // A directory of several pages must be contiguous, so it comes from the bump region.
+    directory = pages == 1 ? allocPage() : bumpPages(pages);
+    if (directory == 0) return ERR_NO_MEMORY;
+    memory.fill(directory, 0, pages << <u32>TABLE_PAGE_SHIFT);
+  } else {
+    memory.fill(directory, 0, <u32>INLINE_DIRECTORY_POINTERS * 4);
+  }
 
   store<f64>(t + S_ENTRY_COUNT, entryCount);
   store<f64>(t + S_SIZE_BYTES, entryCount * <f64>(<u64>1 << <u64>segmentShift));
@@ -275,8 +308,7 @@ export function createTable(slot: u32, entryCount: f64, segmentShift: u32): i32 
 export function retireTable(slot: u32): i32 {
   if (slot >= <u32>TABLE_SLOTS_MAX) return ERR_SLOT;
   const t = slotAddress(slot);
-  const state = load<u32>(t + S_STATE);
-  if (state == STATE_FREE) return ERR_NO_TABLE;
+  if (t == 0 || load<u32>(t + S_STATE) == STATE_FREE) return ERR_NO_TABLE;
   atomic.store<u32>(t + S_LIVE_GENERATION, 0);
   store<u32>(t + S_STATE, STATE_RETIRED);
   return 0;
@@ -289,13 +321,14 @@ export function retireTable(slot: u32): i32 {
 export function freeTable(slot: u32): i32 {
   if (slot >= <u32>TABLE_SLOTS_MAX) return ERR_SLOT;
   const t = slotAddress(slot);
+  if (t == 0) return 0;
   const state = load<u32>(t + S_STATE);
   if (state == STATE_FREE) return 0;
   if (state == STATE_LIVE) return ERR_BUSY;
   const directory = load<u32>(t + S_DIRECTORY);
   const pages = load<u32>(t + S_DIRECTORY_PAGES);
-  const mids = (pages << <u32>TABLE_PAGE_SHIFT) >> 2;
-  for (let m: u32 = 0; m < mids; m++) {
+  const pointers = pages == 0 ? <u32>INLINE_DIRECTORY_POINTERS : (pages << <u32>TABLE_PAGE_SHIFT) >> 2;
+  for (let m: u32 = 0; m < pointers; m++) {
     const mid = load<u32>(directory + (m << 2));
     if (isPage(mid)) freeMid(mid);
   }
@@ -319,13 +352,15 @@ function freeMid(mid: u32): void {
 /** The entry count of the table in `slot` (live or retired), 0 if there is none. */
 export function tableEntryCount(slot: u32): f64 {
   if (slot >= <u32>TABLE_SLOTS_MAX) return 0;
-  return load<f64>(slotAddress(slot) + S_ENTRY_COUNT);
+  const t = slotAddress(slot);
+  return t == 0 ? 0 : load<f64>(t + S_ENTRY_COUNT);
 }
 
 /** The generation of the live table in `slot`, 0 if none is live. */
 export function tableGeneration(slot: u32): u32 {
   if (slot >= <u32>TABLE_SLOTS_MAX) return 0;
-  return atomic.load<u32>(slotAddress(slot) + S_LIVE_GENERATION);
+  const t = slotAddress(slot);
+  return t == 0 ? 0 : atomic.load<u32>(t + S_LIVE_GENERATION);
 }
 
 // =============================================================================================
@@ -336,7 +371,7 @@ export function tableGeneration(slot: u32): u32 {
 function checkRange(slot: u32, first: f64, count: f64): i32 {
   if (slot >= <u32>TABLE_SLOTS_MAX) return ERR_SLOT;
   const t = slotAddress(slot);
-  if (load<u32>(t + S_STATE) == STATE_FREE) return ERR_NO_TABLE;
+  if (t == 0 || load<u32>(t + S_STATE) == STATE_FREE) return ERR_NO_TABLE;
   const entryCount = load<f64>(t + S_ENTRY_COUNT);
   if (!isCount(first, <f64>ENTRY_COUNT_MAX) || !isCount(count, <f64>ENTRY_COUNT_MAX)) return ERR_ARGUMENT;
   if (first + count > entryCount) return ERR_RANGE;
@@ -546,7 +581,7 @@ export function resolve(slot: u32, generation: u32, offset: f64, length: f64, op
   if (slot >= <u32>TABLE_SLOTS_MAX || generation == 0) return writeHeader(out, STATUS_GONE, 0, 0, -1, -1, 0);
   const t = slotAddress(slot);
   // Seqlock-style: the live generation is read (seq-cst) before the immutable fields...
-  if (atomic.load<u32>(t + S_LIVE_GENERATION) != generation) return writeHeader(out, STATUS_GONE, 0, 0, -1, -1, 0);
+  if (t == 0 || atomic.load<u32>(t + S_LIVE_GENERATION) != generation) return writeHeader(out, STATUS_GONE, 0, 0, -1, -1, 0);
   const size = load<f64>(t + S_SIZE_BYTES);
   if (!(offset >= 0 && length >= 0 && offset + length <= size)) return writeHeader(out, STATUS_RANGE, 0, 0, -1, -1, 0);
   const directory = load<u32>(t + S_DIRECTORY);
