@@ -11,7 +11,7 @@ import { ContainerHealth, HEALTH_CHECK_INTERVAL_MS } from "./container-health.ts
 import { failpoint } from "./failpoints.ts";
 import { FaultQueue } from "./fault-queue.ts";
 import { FaultResolver, type FaultAnswer } from "./faults.ts";
-import { restoreEntries, type RestoreContext } from "./restore.ts";
+import { restoreEntries } from "./restore.ts";
 import { createSnapshots, diff, rollback, type CreatedSnapshot, type SnapshotContext } from "./snapshots.ts";
 import { Pool } from "./pool.ts";
 import { ensureSecret, secretsMatch, SECRET_FILE } from "./secret.ts";
@@ -113,15 +113,6 @@ export class Controller {
     failpoint,
   };
   private readonly faults = new FaultResolver(this.context);
-  private readonly restoring: RestoreContext = {
-    catalog: this.catalog,
-    pool: this.pool,
-    agents: this.agents,
-    run: this.context.run,
-    persist: (records) => this.persistRecords(records),
-    release: (freed) => this.releaseSegments(freed),
-    say: (line) => this.say(line),
-  };
   private readonly faultQueue = new FaultQueue(this.familyLocks, this.faults);
   private readonly catalogLock = new KeyedMutex<"catalog">();
   private listener: Listener | null = null;
@@ -247,7 +238,7 @@ export class Controller {
       }
       if (op === "restore") {
         if (!agent) throw new RequestError("EPROTO", "only agents restore mappings");
-        return restoreEntries(this.restoring, agent, args as ArgsOf<ControllerRequests, "restore">);
+        return restoreEntries({ ...this.context, agents: this.agents, say: this.say }, agent, args as ArgsOf<ControllerRequests, "restore">);
       }
       if (op === "restored") {
         if (!agent) throw new RequestError("EPROTO", "only agents restore mappings");

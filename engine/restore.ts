@@ -19,7 +19,8 @@
 // still fits; the rest is lost for good, and the agent then fails its connections' FLUSHes.
 import type { AgentFleet } from "./agent-fleet.ts";
 import type { AgentLink } from "./agent-link.ts";
-import type { Catalog, Disk, Freed, LogRecord } from "./catalog.ts";
+import type { Catalog, Disk, LogRecord } from "./catalog.ts";
+import type { TableContext } from "./faults.ts";
 import type { Pool } from "./pool.ts";
 import type { ArgsOf, ControllerRequests, ResultOf } from "./wire/messages.ts";
 import { ENTRY_ERROR, ENTRY_NO_WRITE, ENTRY_ZERO, entryContainer, entryLocation, entryOffsetBytes, entryState, hasLocation, ZERO_WORD } from "../wasm/entry.ts";
@@ -89,20 +90,13 @@ export function restorable(catalog: Catalog, pool: Pool, disk: Disk, run: number
   return out;
 }
 
-export interface RestoreContext {
-  readonly catalog: Catalog;
-  readonly pool: Pool;
-  readonly agents: AgentFleet;
-  /** This controller run. */
-  readonly run: number;
-  persist(records: LogRecord[]): Promise<Freed[]>;
-  release(freed: Freed[]): void;
-  say(line: string): void;
-}
-
 /** Serves an agent's "restore": what fits is made durable at once and sent to the disk's other
  *  agents; the rest is counted lost. */
-export async function restoreEntries(ctx: RestoreContext, agent: AgentLink, args: ArgsOf<ControllerRequests, "restore">): Promise<ResultOf<ControllerRequests, "restore">> {
+export async function restoreEntries(
+  ctx: TableContext & { agents: AgentFleet; say(line: string): void },
+  agent: AgentLink,
+  args: ArgsOf<ControllerRequests, "restore">,
+): Promise<ResultOf<ControllerRequests, "restore">> {
   // Entries of this run are in the tables already (a commit makes them durable).
   if (args.run === ctx.run) return { restored: args.entries.length, lost: 0 };
   const disk = ctx.catalog.disks.get(args.disk);

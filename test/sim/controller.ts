@@ -6,7 +6,7 @@
 // possible: hello and registration, the operations' locking, container health. What agents get
 // and when (pushes, quiesce, leases and fencing) is the real AgentFleet.
 // Compaction is left out (the world compacts the log between incarnations instead).
-import { restoreEntries, type RestoreContext } from "../../engine/restore.ts";
+import { restoreEntries } from "../../engine/restore.ts";
 import { AgentFleet, type FleetContext } from "../../engine/agent-fleet.ts";
 import type { AgentLink, AgentPeer, LeaseClock } from "../../engine/agent-link.ts";
 import { HEALTH_CHECK_INTERVAL_MS } from "../../engine/container-health.ts";
@@ -73,7 +73,6 @@ export class SimController {
   private readonly context: SnapshotContext;
   private readonly faults: FaultResolver;
   private readonly faultQueue: FaultQueue;
-  private readonly restoring: RestoreContext;
   private readonly clock: LeaseClock;
   private readonly storage: HostStorage;
   private log!: AppendLog;
@@ -121,15 +120,6 @@ export class SimController {
       },
     };
     this.agents = new AgentFleet(fleet, clock);
-    this.restoring = {
-      catalog: this.catalog,
-      pool: this.pool,
-      agents: this.agents,
-      run: this.context.run,
-      persist: (records) => this.persistRecords(records),
-      release: (freed) => this.releaseSegments(freed),
-      say: (line) => env.trace.note(`controller: ${line}`),
-    };
   }
 
   /** Recovery: the real log is opened and replayed, the pool rebuilt from the tables. */
@@ -283,7 +273,7 @@ export class SimController {
         await this.faults.commit((args as ArgsOf<ControllerRequests, "commit">).run);
         return {};
       }
-      if (op === "restore") return restoreEntries(this.restoring, agent, args as ArgsOf<ControllerRequests, "restore">);
+      if (op === "restore") return restoreEntries({ ...this.context, agents: this.agents, say: (line) => this.env.trace.note(`controller: ${line}`) }, agent, args as ArgsOf<ControllerRequests, "restore">);
       if (op === "restored") {
         this.agents.restored(agent);
         return {};
