@@ -5,30 +5,24 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Child, ctl, reapAll, spawnCtl, tempDir } from "./helpers/processes.ts";
+import { reapAll, tempDir } from "./helpers/processes.ts";
+import { Cluster } from "./helpers/cluster.ts";
 import { BlockClient, filled } from "./helpers/block-client.ts";
 
 const KIB = 1024;
-const dir = tempDir("forward-delta-read");
-const control = `unix:${join(dir.path, "control.sock")}`;
-const stallReads = join(dir.path, "stall-reads");
-const sockets = { a: join(dir.path, "nbd-a.sock"), b: join(dir.path, "nbd-b.sock") };
-const agents: Record<string, Child> = {};
+const stallDir = tempDir("forward-delta-read");
+const stallReads = join(stallDir.path, "stall-reads");
+let cluster: Cluster;
 
 beforeAll(async () => {
-  const controller = spawnCtl(["--control", control, "controller", "--data", join(dir.path, "data"), "--lun-size", "64M"], "controller");
-  await controller.waitForLine(/^ready:/);
-  for (const [id, socket] of Object.entries(sockets)) {
-    const env: Record<string, string> = id === "a" ? { TABLEDISK_STALL_READS_WHILE: stallReads } : {};
-    agents[id] = spawnCtl(["--control", control, "agent", "--id", id, "--nbd", `unix:${socket}`], `agent-${id}`, env);
-    await agents[id]!.waitForLine(/registered with the controller/);
-  }
+  cluster = await Cluster.start({ agents: ["a", "b"], lunSize: "64M", agentEnv: { a: { TABLEDISK_STALL_READS_WHILE: stallReads } } });
 });
 
 afterAll(async () => {
   rmSync(stallReads, { force: true });
   await reapAll();
-  dir.remove();
+  cluster?.remove();
+  stallDir.remove();
 });
 
 /** Tracks whether a promise has settled yet. */
@@ -42,7 +36,7 @@ function watched<T>(promise: Promise<T>): { promise: Promise<T>; done: () => boo
  *  pushes the change and answers), within a bound. */
 async function untilMovePersisted(disk: string): Promise<void> {
   for (let tries = 0; tries < 200; tries += 1) {
-    const info = await ctl(["--control", control, "disk", "info", disk, "--json"]);
+    const info = await cluster.ctl(["disk", "info", disk, "--json"]);
     if (JSON.parse(info.stdout).exclusiveBytes > 0) return;
   }
   throw new Error(`the copy-on-write of ${disk} was never persisted`);
@@ -50,21 +44,21 @@ async function untilMovePersisted(disk: string): Promise<void> {
 
 test("forward delta: the move off a shared segment waits for the moved disk's read in flight; the snapshot's write in place waits with it", async () => {
   for (const disk of ["d", "e"]) {
-    expect((await ctl(["--control", control, "disk", "create", disk, "--size", "1M", "--segment-size", "64K"])).code).toBe(0);
+    expect((await cluster.ctl(["disk", "create", disk, "--size", "1M", "--segment-size", "64K"])).code).toBe(0);
   }
-  const dOnB = await BlockClient.open(sockets.b, "d");
+  const dOnB = await BlockClient.open(cluster.socket("b"), "d");
   expect(await dOnB.write(0, filled(0x11, 64 * KIB))).toBe(0);
-  expect((await ctl(["--control", control, "snapshot", "create", "d", "s"])).code).toBe(0);
-  const sOnB = await BlockClient.open(sockets.b, "s");
-  const eOnB = await BlockClient.open(sockets.b, "e");
-  const dOnA = await BlockClient.open(sockets.a, "d");
+  expect((await cluster.ctl(["snapshot", "create", "d", "s"])).code).toBe(0);
+  const sOnB = await BlockClient.open(cluster.socket("b"), "s");
+  const eOnB = await BlockClient.open(cluster.socket("b"), "e");
+  const dOnA = await BlockClient.open(cluster.socket("a"), "d");
   expect((await dOnA.read(0, 4 * KIB)).every((byte) => byte === 0x11)).toBe(true); // A has d's entry
 
   // A read of d on agent A gets past its lookup (the shared segment) and stalls in storage.
   writeFileSync(stallReads, "");
-  const seen = agents.a!.lines.length;
+  const seen = cluster.child("a").lines.length;
   const read = watched(dOnA.read(0, 4 * KIB));
-  await agents.a!.waitForLine(/storage read stalled/, undefined, seen);
+  await cluster.child("a").waitForLine(/storage read stalled/, undefined, seen);
 
   // d's first write after the snapshot moves d to a copy (forward delta): it is held until A's
   // read of d has ended. A write to another disk, sent after it, is served meanwhile.
@@ -85,6 +79,6 @@ test("forward delta: the move off a shared segment waits for the moved disk's re
   expect((await sOnB.read(0, 8 * KIB)).subarray(0, 4 * KIB).every((byte) => byte === 0x22)).toBe(true);
   expect((await sOnB.read(4 * KIB, 4 * KIB)).every((byte) => byte === 0x11)).toBe(true);
   for (const client of [dOnA, dOnB, sOnB, eOnB]) await client.close();
-  const checked = await ctl(["--control", control, "check", "--json"]);
+  const checked = await cluster.ctl(["check", "--json"]);
   expect(JSON.parse(checked.stdout).problems).toEqual([]);
 });

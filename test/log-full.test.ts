@@ -7,7 +7,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { closeSync, mkdirSync, openSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { hasLibnbdPython, hasTool, libnbd } from "./helpers/nbd-tools.ts";
-import { ctl, reapAll, spawn, spawnCtl, tempDir, type Child } from "./helpers/processes.ts";
+import { ctl, ctlOk, reapAll, spawn, spawnCtl, tempDir, type Child } from "./helpers/processes.ts";
 
 const SEGMENT = 64 * 1024;
 /** The data directory's file system: room for the log and little else. */
@@ -40,11 +40,7 @@ afterAll(async () => {
 
 const run = (args: string[]) => ctl(["--control", control, ...args]);
 
-async function ok(args: string[]): Promise<string> {
-  const result = await run(args);
-  if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
-  return result.stdout;
-}
+const ok = (args: string[]) => ctlOk(["--control", control, ...args]);
 
 async function startController(): Promise<Child> {
   // The default container is too small for a segment, so every disk lives on the one added below.

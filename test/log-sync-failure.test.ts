@@ -7,7 +7,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { hasLibnbdPython, libnbd } from "./helpers/nbd-tools.ts";
-import { ctl, reapAll, spawnCtl, tempDir, type Child } from "./helpers/processes.ts";
+import { ctl, ctlOk, reapAll, spawnCtl, tempDir, type Child } from "./helpers/processes.ts";
 
 const SEGMENT = 64 * 1024;
 const dir = tempDir("log-sync-failure");
@@ -24,11 +24,7 @@ afterAll(async () => {
 
 const run = (args: string[]) => ctl(["--control", control, ...args]);
 
-async function ok(args: string[]): Promise<string> {
-  const result = await run(args);
-  if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
-  return result.stdout;
-}
+const ok = (args: string[]) => ctlOk(["--control", control, ...args]);
 
 async function startController(env: Record<string, string> = {}): Promise<Child> {
   const child = spawnCtl(["--control", control, "controller", "--data", data, "--lun-size", "256M"], "controller", env);

@@ -2,7 +2,7 @@
 // `ctl agent --id ID` on unix sockets in a temp dir. Any of them can be killed and started again
 // (a killed agent comes back under the same id and socket; agents find a new controller themselves).
 import { join } from "node:path";
-import { Child, ctl, spawnCtl, tempDir } from "./processes.ts";
+import { Child, ctl, ctlOk, spawnCtl, tempDir } from "./processes.ts";
 
 /** The name `Cluster.restart` and `Cluster.child` use for the controller (agent ids are others). */
 export const CONTROLLER = "controller";
@@ -15,6 +15,8 @@ export interface ClusterOptions {
   lunSize?: string;
   /** The controller and the one agent run as one `ctl up` process (CONTROLLER names it too). */
   combined?: boolean;
+  /** Extra environment of an agent's process, by agent id (test-only switches). */
+  agentEnv?: Record<string, Record<string, string>>;
 }
 
 export class Cluster {
@@ -64,10 +66,8 @@ export class Cluster {
   }
 
   /** Runs ctl and fails with its error output unless it succeeds; returns its stdout. */
-  async ctlOk(args: string[]): Promise<string> {
-    const result = await this.ctl(args);
-    if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
-    return result.stdout;
+  ctlOk(args: string[]): Promise<string> {
+    return ctlOk(["--control", this.control, ...args]);
   }
 
   /** Creates a disk; the controller has given its table to every agent when this resolves. */
@@ -84,7 +84,7 @@ export class Cluster {
 
   async startAgent(id: string): Promise<void> {
     if (this.options.combined) return;
-    const child = spawnCtl(["--control", this.control, "agent", "--id", id, "--nbd", `unix:${this.socket(id)}`], `agent-${id}`);
+    const child = spawnCtl(["--control", this.control, "agent", "--id", id, "--nbd", `unix:${this.socket(id)}`], `agent-${id}`, this.options.agentEnv?.[id]);
     this.agentChildren.set(id, child);
     await child.waitForLine(REGISTERED);
   }

@@ -135,6 +135,13 @@ export async function ctl(args: string[], options: { cwd?: string; env?: Record<
   return { code, stdout, stderr };
 }
 
+/** Runs ctl and fails with its error output unless it succeeds; returns its stdout. */
+export async function ctlOk(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}): Promise<string> {
+  const result = await ctl(args, options);
+  if (result.code !== 0) throw new Error(`ctl ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
+  return result.stdout;
+}
+
 /** Runs any command to completion and returns its output. */
 export async function run(command: string[], options: { stdin?: Uint8Array } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const proc = Bun.spawn(command, {
