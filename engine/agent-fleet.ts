@@ -27,6 +27,9 @@ export class AgentFleet {
   private readonly links = new Map<string, AgentLink>();
   /** The links made for agents known from before a restart. */
   private readonly fromBefore: AgentLink[] = [];
+  /** Per disk, the number of the last change to its entries sent to agents (see `change` in
+   *  wire/messages.ts). Agents hold no entries from an earlier controller run, so it starts at 0. */
+  private readonly changes = new WeakMap<Disk, number>();
 
   constructor(
     private readonly ctx: FleetContext,
@@ -98,9 +101,24 @@ export class AgentFleet {
     return agent;
   }
 
+  /** Numbers a change to the entries of `disk` about to be sent: taken as the entries are read, so
+   *  that the numbers follow the table's own order. */
+  nextChange(disk: Disk): number {
+    const change = (this.changes.get(disk) ?? 0) + 1;
+    this.changes.set(disk, change);
+    return change;
+  }
+
   async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
     await agent.call((peer) =>
-      peer.request("new_table", { disk: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift, readOnly: disk.protected }),
+      peer.request("new_table", {
+        disk: disk.id,
+        name: disk.name,
+        size: disk.size,
+        segmentShift: disk.segmentShift,
+        readOnly: disk.protected,
+        change: this.nextChange(disk),
+      }),
     );
     agent.disks.add(disk.id);
   }
@@ -127,7 +145,9 @@ export class AgentFleet {
     await Promise.all(
       agents.flatMap((agent) =>
         ranges.map(([first, count]) =>
-          agent.call((peer) => peer.request("set_entry", { disk: disk.id, first, runs: this.ctx.catalog.agentRuns(disk, first, count), blocking })),
+          agent.call((peer) =>
+            peer.request("set_entry", { disk: disk.id, first, runs: this.ctx.catalog.agentRuns(disk, first, count), blocking, change: this.nextChange(disk) }),
+          ),
         ),
       ),
     );
@@ -136,7 +156,24 @@ export class AgentFleet {
   async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
     const count = disk.table.entryCount;
     await Promise.all(
-      this.agentsOf(disk.id).map((agent) => agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking }))),
+      this.agentsOf(disk.id).map((agent) =>
+        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking, change: this.nextChange(disk) })),
+      ),
+    );
+  }
+
+  /** Sets the entries `segments` of `disk` Invalid at `agents` (those of them holding the table),
+   *  as runs over contiguous segments, and waits until they have. */
+  async invalidate(agents: AgentLink[], disk: Disk, segments: number[], blocking: boolean): Promise<void> {
+    const ranges = adjacentRuns(segments);
+    await Promise.all(
+      agents
+        .filter((agent) => agent.disks.has(disk.id))
+        .flatMap((agent) =>
+          ranges.map(([first, count]) =>
+            agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking, change: this.nextChange(disk) })),
+          ),
+        ),
     );
   }
 

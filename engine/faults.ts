@@ -40,6 +40,11 @@ export interface TableContext {
   /** Sends the current entries `segments` of `disk` to its agents (but `except`) and waits until
    *  they applied them (with `blocking`, until their I/O in progress has drained too). */
   pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void>;
+  /** Sets the entries `segments` of `disk` Invalid at every agent holding its table and waits
+   *  until they have (their I/O in progress may go on). */
+  invalidate(disk: Disk, segments: number[]): Promise<void>;
+  /** Numbers a change to the entries of `disk` about to be sent (a fault's answer). */
+  nextChange(disk: Disk): number;
   /** Test-only crash points (see failpoints.ts). */
   failpoint(name: string): void;
 }
@@ -98,8 +103,13 @@ export class FaultResolver {
 
   /** The fault's segments as they are now: the agent sets them and retries its request. */
   private retryAnswer(disk: Disk, fault: FaultArgs): FaultAnswer {
-    const runs = this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1);
-    return this.uncommitted(disk) ? { action: "retry", first: fault.first, runs, run: this.ctx.run } : { action: "retry", first: fault.first, runs };
+    const answer: FaultAnswer = {
+      action: "retry",
+      first: fault.first,
+      runs: this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1),
+      change: this.ctx.nextChange(disk),
+    };
+    return this.uncommitted(disk) ? { ...answer, run: this.ctx.run } : answer;
   }
 
   /** An agent's FLUSH: the changes its faults were answered with in controller run `run` are made
@@ -165,6 +175,13 @@ export class FaultResolver {
       if (this.uncommitted(disk)) await this.ctx.commit();
     }
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
+    // Several agents holding the disk: none may read through an old location once another may
+    // write through the new one, and the new entries reach them at different times (the faulting
+    // agent's with its answer). So every agent drops the entries that move first; their reads of
+    // them fault meanwhile and wait for this resolution. Reverse delta and a cleared No-write keep
+    // the faulting disk's locations.
+    const moved = disk.mode === "reverse" ? zero : [...zero, ...shared];
+    if (moved.length > 0 && !this.ctx.onlyHolder(disk, agent)) await this.ctx.invalidate(disk, moved);
     await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
     return "writable";
   }

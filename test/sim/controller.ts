@@ -6,7 +6,7 @@
 // possible: hello and registration, the operations' locking, container health. What agents get
 // and when (pushes, quiesce, leases and fencing) is the real AgentFleet.
 // Compaction is left out (the world compacts the log between incarnations instead).
-import { AgentFleet, type FleetContext, adjacentRuns } from "../../engine/agent-fleet.ts";
+import { AgentFleet, type FleetContext } from "../../engine/agent-fleet.ts";
 import type { AgentLink, AgentPeer, LeaseClock } from "../../engine/agent-link.ts";
 import { HEALTH_CHECK_INTERVAL_MS } from "../../engine/container-health.ts";
 import { appendAndApply, Catalog, parseRecord, type Disk, type DiskMode, type Freed, type LogRecord } from "../../engine/catalog.ts";
@@ -33,10 +33,14 @@ import { entryContainer } from "../../wasm/entry.ts";
 import type { CrashKind, SimLogDisk } from "./log-disk.ts";
 import type { SimNetwork } from "./network.ts";
 import type { KnownBug } from "./options.ts";
+import type { Random } from "./random.ts";
 import { Life, type Scheduler } from "./scheduler.ts";
 import { BLOCK_BYTES, CONTROLLER_HOST, HostStorage, type SimStorage } from "./storage.ts";
 import type { Trace } from "./trace.ts";
 
+/** How often a fault's answer is held back, and for how long at most. */
+const LATE_ANSWER_PROBABILITY = 0.05;
+const LATE_ANSWER_MS_MAX = 5;
 
 export interface ContainerSpec {
   id: number;
@@ -46,6 +50,7 @@ export interface ContainerSpec {
 
 export interface ControllerEnv {
   scheduler: Scheduler;
+  random: Random;
   trace: Trace;
   network: SimNetwork;
   storage: SimStorage;
@@ -56,6 +61,9 @@ export interface ControllerEnv {
   failpoint(name: string): void;
   /** What the pool's container I/O becomes (the canary breaks it); identity by default. */
   containerIo(io: ContainerIo): ContainerIo;
+  /** The "push-over-old-entries" canary: a fault's new entries go out while agents still hold
+   *  the old ones. */
+  pushOverOldEntries: boolean;
   reproduce: KnownBug[];
   /** A name for a new controller run, different from every earlier one. */
   newRunId(): number;
@@ -99,6 +107,8 @@ export class SimController {
       allocationReady: () => this.agents.knownAgentsSettled(),
       release: (freed) => this.releaseSegments(freed),
       pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
+      invalidate: (disk, segments) => (env.pushOverOldEntries ? Promise.resolve() : this.agents.invalidate(this.agents.agentsOf(disk.id), disk, segments, false)),
+      nextChange: (disk) => this.agents.nextChange(disk),
       pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
       exportDisk: (disk) => this.agents.exportDisk(disk),
       newDiskId: () => this.catalog.newDiskId(),
@@ -352,7 +362,12 @@ export class SimController {
   private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">): Promise<FaultAnswer> {
     const disk = this.catalog.disks.get(args.disk);
     if (!disk) return { action: "error", errno: "EIO" };
-    return this.operation(() => this.faultQueue.submit(disk, args, agent));
+    const answer = await this.operation(() => this.faultQueue.submit(disk, args, agent));
+    // Agents apply changes by their numbers, not in the order they arrive: now and then an answer
+    // leaves after commands sent later.
+    const { random, scheduler } = this.env;
+    if (random.chance(LATE_ANSWER_PROBABILITY)) await scheduler.sleep(random.between(0, LATE_ANSWER_MS_MAX), this.life);
+    return answer;
   }
 
   private async persistRecords(records: LogRecord[]): Promise<Freed[]> {
@@ -409,16 +424,7 @@ export class SimController {
       return this.agents.pushEntries(disk, segments, options);
     }
     await this.agents.pushEntries(disk, segments, { blocking: true, except: options.except });
-    // The answers set the faults' ranges whole; the segments of a batch of faults may lie apart,
-    // so each run of adjacent ones is invalidated on its own.
-    const faulting = this.agents.agentsOf(disk.id).filter((agent) => agent === options.except);
-    await Promise.all(
-      faulting.flatMap((agent) =>
-        adjacentRuns(segments).map(([first, count]) =>
-          agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking: true })),
-        ),
-      ),
-    );
+    await this.agents.invalidate(this.agents.agentsOf(disk.id).filter((agent) => agent === options.except), disk, segments, true);
   }
 
   private diskNamed(name: string): Disk {

@@ -102,6 +102,7 @@ export class World implements Chaos, ControlPlane {
       storage,
       leaseMs: LEASE_MS,
       dropWrites: canary === "ack-unwritten",
+      ignoreChangeOrder: canary === "ignore-change-order",
       reproduce: this.parts.reproduce,
       registered: () => {
         // Once every running agent has registered with the new controller, none can still use a
@@ -125,6 +126,7 @@ export class World implements Chaos, ControlPlane {
     trace.note("controller: starts");
     const controller = SimController.open({
       scheduler,
+      random,
       trace,
       network,
       storage,
@@ -135,6 +137,7 @@ export class World implements Chaos, ControlPlane {
         throw new Error(`the controller crashed at failpoint ${name}`);
       },
       containerIo: (io) => (canary === "skip-copy" ? skipCopy(io) : io),
+      pushOverOldEntries: canary === "push-over-old-entries",
       reproduce: this.parts.reproduce,
       newRunId: () => ++this.controllerRuns,
     });
