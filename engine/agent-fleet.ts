@@ -162,6 +162,18 @@ export class AgentFleet {
     );
   }
 
+  /**
+   * Before entries of `disk` move to other locations (a new segment, a copy). The agents holding
+   * the table get the new entries at different moments (a faulting agent with its answer), and
+   * none may read through an old location once another may write through the new one: so when
+   * several agents hold it, each sets them Invalid first, and waits until they have. Their reads
+   * of them fault meanwhile, and wait for the change to finish.
+   */
+  async dropBeforeMove(disk: Disk, segments: number[]): Promise<void> {
+    const holders = this.agentsOf(disk.id);
+    if (holders.length > 1 && segments.length > 0) await this.invalidate(holders, disk, segments, false);
+  }
+
   /** Sets the entries `segments` of `disk` Invalid at `agents` (those of them holding the table),
    *  as runs over contiguous segments, and waits until they have. */
   async invalidate(agents: AgentLink[], disk: Disk, segments: number[], blocking: boolean): Promise<void> {

@@ -100,7 +100,7 @@ export class Controller {
     allocationReady: () => this.agents.knownAgentsSettled(),
     release: (freed) => this.releaseSegments(freed),
     pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
-    invalidate: (disk, segments) => this.agents.invalidate(this.agents.agentsOf(disk.id), disk, segments, false),
+    dropBeforeMove: (disk, segments) => this.agents.dropBeforeMove(disk, segments),
     nextChange: (disk) => this.agents.nextChange(disk),
     pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
     exportDisk: (disk) => this.agents.exportDisk(disk),

@@ -40,9 +40,9 @@ export interface TableContext {
   /** Sends the current entries `segments` of `disk` to its agents (but `except`) and waits until
    *  they applied them (with `blocking`, until their I/O in progress has drained too). */
   pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void>;
-  /** Sets the entries `segments` of `disk` Invalid at every agent holding its table and waits
-   *  until they have (their I/O in progress may go on). */
-  invalidate(disk: Disk, segments: number[]): Promise<void>;
+  /** Before the entries `segments` of `disk` move to other locations: when several agents hold its
+   *  table, each sets them Invalid first (their I/O in progress may go on); waits until they have. */
+  dropBeforeMove(disk: Disk, segments: number[]): Promise<void>;
   /** Numbers a change to the entries of `disk` about to be sent (a fault's answer). */
   nextChange(disk: Disk): number;
   /** Test-only crash points (see failpoints.ts). */
@@ -175,13 +175,8 @@ export class FaultResolver {
       if (this.uncommitted(disk)) await this.ctx.commit();
     }
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
-    // Several agents holding the disk: none may read through an old location once another may
-    // write through the new one, and the new entries reach them at different times (the faulting
-    // agent's with its answer). So every agent drops the entries that move first; their reads of
-    // them fault meanwhile and wait for this resolution. Reverse delta and a cleared No-write keep
-    // the faulting disk's locations.
-    const moved = disk.mode === "reverse" ? zero : [...zero, ...shared];
-    if (moved.length > 0 && !this.ctx.onlyHolder(disk, agent)) await this.ctx.invalidate(disk, moved);
+    // Reverse delta and a cleared No-write keep the faulting disk's locations; the others move.
+    await this.ctx.dropBeforeMove(disk, disk.mode === "reverse" ? zero : [...zero, ...shared]);
     await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
     return "writable";
   }
@@ -268,7 +263,12 @@ export class FaultResolver {
     }
     await this.ctx.persist(remaps);
     this.ctx.failpoint("reverse-after-remap");
-    await Promise.all([...moved].map(([other, segments]) => this.ctx.pushEntries(other, segments, { blocking: true })));
+    await Promise.all(
+      [...moved].map(async ([other, segments]) => {
+        await this.ctx.dropBeforeMove(other, segments);
+        await this.ctx.pushEntries(other, segments, { blocking: true });
+      }),
+    );
   }
 
   /** TRIM of whole segments: they become Z for this disk only; shared data stays for the others. */

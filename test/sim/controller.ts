@@ -107,7 +107,7 @@ export class SimController {
       allocationReady: () => this.agents.knownAgentsSettled(),
       release: (freed) => this.releaseSegments(freed),
       pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
-      invalidate: (disk, segments) => (env.pushOverOldEntries ? Promise.resolve() : this.agents.invalidate(this.agents.agentsOf(disk.id), disk, segments, false)),
+      dropBeforeMove: (disk, segments) => (env.pushOverOldEntries ? Promise.resolve() : this.agents.dropBeforeMove(disk, segments)),
       nextChange: (disk) => this.agents.nextChange(disk),
       pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
       exportDisk: (disk) => this.agents.exportDisk(disk),
