@@ -78,7 +78,7 @@ export function commandInOrder(applied: boolean, change: number): void {
 }
 
 /** How many changes a table remembers, to tell whether a late change overlaps a newer one. */
-const CHANGES_REMEMBERED = 64;
+export const CHANGES_REMEMBERED = 64;
 
 interface AppliedChange {
   first: number;
