@@ -4,7 +4,8 @@
 import { SECRET_LENGTH_MAX } from "../secret.ts";
 import { array, bool, num, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./schema.ts";
 
-export const PROTOCOL_VERSION = 1;
+/** 2: table changes carry their change number. */
+export const PROTOCOL_VERSION = 2;
 
 export const NAME_LENGTH_MAX = 128;
 /** Disk names double as NBD export names and file-system-safe identifiers. */
