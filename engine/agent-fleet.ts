@@ -163,15 +163,17 @@ export class AgentFleet {
   }
 
   /**
-   * Before entries of `disk` move to other locations (a new segment, a copy). The agents holding
-   * the table get the new entries at different moments (a faulting agent with its answer), and
-   * none may read through an old location once another may write through the new one: so when
-   * several agents hold it, each sets them Invalid first, and waits until they have. Their reads
-   * of them fault meanwhile, and wait for the change to finish.
+   * Entries of `disk` moved to other locations (a new segment, a copy): the agent holding the
+   * table gets them (but `except`: a faulting agent gets them with its answer). When several
+   * hold it, new entries would reach them at different moments, and one could read through an old
+   * location while another already writes through the new one: so each of them, `except` too,
+   * drops the entries instead (Invalid) and gets them again through a fault. Waits until they
+   * have (with `blocking`, until their I/O in progress has drained too).
    */
-  async dropBeforeMove(disk: Disk, segments: number[]): Promise<void> {
+  async moveEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
     const holders = this.agentsOf(disk.id);
-    if (holders.length > 1 && segments.length > 0) await this.invalidate(holders, disk, segments, false);
+    if (holders.length > 1) await this.invalidate(holders, disk, segments, options.blocking);
+    else await this.pushEntries(disk, segments, options);
   }
 
   /** Sets the entries `segments` of `disk` Invalid at `agents` (those of them holding the table),

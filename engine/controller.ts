@@ -100,7 +100,7 @@ export class Controller {
     allocationReady: () => this.agents.knownAgentsSettled(),
     release: (freed) => this.releaseSegments(freed),
     pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
-    dropBeforeMove: (disk, segments) => this.agents.dropBeforeMove(disk, segments),
+    moveEntries: (disk, segments, options) => this.agents.moveEntries(disk, segments, options),
     nextChange: (disk) => this.agents.nextChange(disk),
     pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
     exportDisk: (disk) => this.agents.exportDisk(disk),

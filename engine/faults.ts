@@ -40,9 +40,9 @@ export interface TableContext {
   /** Sends the current entries `segments` of `disk` to its agents (but `except`) and waits until
    *  they applied them (with `blocking`, until their I/O in progress has drained too). */
   pushEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void>;
-  /** Before the entries `segments` of `disk` move to other locations: when several agents hold its
-   *  table, each sets them Invalid first (their I/O in progress may go on); waits until they have. */
-  dropBeforeMove(disk: Disk, segments: number[]): Promise<void>;
+  /** The entries `segments` of `disk` moved to other locations: its agents (but `except`) get them,
+   *  or, when several agents hold the table, every one of them drops them; waits until they have. */
+  moveEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void>;
   /** Numbers a change to the entries of `disk` about to be sent (a fault's answer). */
   nextChange(disk: Disk): number;
   /** Test-only crash points (see failpoints.ts). */
@@ -175,9 +175,13 @@ export class FaultResolver {
       if (this.uncommitted(disk)) await this.ctx.commit();
     }
     if (copies.length > 0) this.ctx.failpoint(`${disk.mode}-after-persist`);
-    // Reverse delta and a cleared No-write keep the faulting disk's locations; the others move.
-    await this.ctx.dropBeforeMove(disk, disk.mode === "reverse" ? zero : [...zero, ...shared]);
-    await this.ctx.pushEntries(disk, [...exclusive, ...zero, ...shared], { blocking: false, except: agent });
+    // A cleared No-write, and reverse delta, keep the faulting disk's locations; the others move.
+    const moved = disk.mode === "reverse" ? zero : [...zero, ...shared];
+    const kept = disk.mode === "reverse" ? [...exclusive, ...shared] : exclusive;
+    await Promise.all([
+      this.ctx.moveEntries(disk, moved, { blocking: false, except: agent }),
+      this.ctx.pushEntries(disk, kept, { blocking: false, except: agent }),
+    ]);
     return "writable";
   }
 
@@ -263,12 +267,7 @@ export class FaultResolver {
     }
     await this.ctx.persist(remaps);
     this.ctx.failpoint("reverse-after-remap");
-    await Promise.all(
-      [...moved].map(async ([other, segments]) => {
-        await this.ctx.dropBeforeMove(other, segments);
-        await this.ctx.pushEntries(other, segments, { blocking: true });
-      }),
-    );
+    await Promise.all([...moved].map(([other, segments]) => this.ctx.moveEntries(other, segments, { blocking: true })));
   }
 
   /** TRIM of whole segments: they become Z for this disk only; shared data stays for the others. */

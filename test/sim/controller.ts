@@ -106,8 +106,10 @@ export class SimController {
       onlyHolder: (disk, agent) => this.agents.onlyHolder(disk, agent),
       allocationReady: () => this.agents.knownAgentsSettled(),
       release: (freed) => this.releaseSegments(freed),
-      pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options),
-      dropBeforeMove: (disk, segments) => (env.pushOverOldEntries ? Promise.resolve() : this.agents.dropBeforeMove(disk, segments)),
+      pushEntries: (disk, segments, options) => this.faultPush(disk, segments, options, (sent) => this.agents.pushEntries(disk, segments, sent)),
+      // The "push-over-old-entries" canary moves entries as it pushes any others.
+      moveEntries: (disk, segments, options) =>
+        this.faultPush(disk, segments, options, (sent) => (env.pushOverOldEntries ? this.agents.pushEntries(disk, segments, sent) : this.agents.moveEntries(disk, segments, sent))),
       nextChange: (disk) => this.agents.nextChange(disk),
       pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
       exportDisk: (disk) => this.agents.exportDisk(disk),
@@ -412,18 +414,22 @@ export class SimController {
   }
 
   /**
-   * How fault handling pushes entries: as it asks, or, working around a known bug, a fault's
-   * final push (non-blocking, to all but the faulting agent) blocking, and then a blocking
-   * invalidation of the segments at the faulting agent (last, as its answer would be). The
-   * faulting agent gets the new entries only with the answer, as from the real controller: the
-   * answer names the controller run whose commit writes through uncommitted mappings need, a
-   * push does not, so a write through a pushed entry could be flushed before the agent knew.
+   * How fault handling sends entries (`send`: pushes them, or moves them): as it asks, or, working
+   * around a known bug, a fault's final sending (non-blocking, to all but the faulting agent)
+   * blocking, and then a blocking invalidation of the segments at the faulting agent (last, as its
+   * answer would be). The faulting agent gets the new entries only with the answer, as from the
+   * real controller: the answer names the controller run whose commit writes through uncommitted
+   * mappings need, a push does not, so a write through a pushed entry could be flushed before the
+   * agent knew.
    */
-  private async faultPush(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
-    if (options.blocking || !options.except || this.env.reproduce.includes("stale-read-after-forward-delta")) {
-      return this.agents.pushEntries(disk, segments, options);
-    }
-    await this.agents.pushEntries(disk, segments, { blocking: true, except: options.except });
+  private async faultPush(
+    disk: Disk,
+    segments: number[],
+    options: { blocking: boolean; except?: object },
+    send: (options: { blocking: boolean; except?: object }) => Promise<void>,
+  ): Promise<void> {
+    if (options.blocking || !options.except || this.env.reproduce.includes("stale-read-after-forward-delta")) return send(options);
+    await send({ blocking: true, except: options.except });
     await this.agents.invalidate(this.agents.agentsOf(disk.id).filter((agent) => agent === options.except), disk, segments, true);
   }
 
