@@ -7,7 +7,7 @@ import { ERR_NO_MEMORY } from "../wasm/assembly/layout.ts";
 import { InflightTracker } from "./inflight.ts";
 import { QuiesceGates } from "./gates.ts";
 import { TableSlots } from "./table-slots.ts";
-import { checkRange, setStates, writeRuns } from "./table-edits.ts";
+import { ChangeOrder, checkRange, commandInOrder, stateChange, writeChange } from "./table-edits.ts";
 import { Lease } from "./lease.ts";
 import { UncommittedChanges } from "./uncommitted.ts";
 import { RegistrationEra } from "./registration-era.ts";
@@ -26,7 +26,6 @@ import {
   PROTOCOL_VERSION,
   type AgentRequests,
   type ArgsOf,
-  type Runs,
 } from "../engine/wire/messages.ts";
 import { INVALID_WORD } from "../wasm/entry.ts";
 import { ConnectionClosedError, Peer, RemoteError, RequestError } from "../engine/wire/peer.ts";
@@ -64,6 +63,7 @@ type ControllerPeer = Peer<AgentRequests, typeof controllerRequests>;
 
 interface Table extends ExportEntry {
   entryCount: number;
+  changes: ChangeOrder;
 }
 
 export class Agent {
@@ -221,7 +221,7 @@ export class Agent {
    *  worker; resolves once all of them use it, so a host that connects after the controller's
    *  command was answered finds the export. Only the change goes: thousands of exports are normal. */
   private broadcastExports(change: { set?: Table[]; removed?: number[] }): Promise<void> {
-    const set: ExportEntry[] = (change.set ?? []).map(({ entryCount: _, ...entry }) => entry);
+    const set: ExportEntry[] = (change.set ?? []).map(({ entryCount: _, changes: __, ...entry }) => entry);
     const version = ++this.exportsVersion;
     const applied = new Promise<void>((resolve) => this.exportWaiters.set(version, { pending: this.workers.length, resolve }));
     this.broadcast({ type: "exports", set, removed: change.removed ?? [], version });
@@ -288,10 +288,14 @@ export class Agent {
   private async forwardFault(fault: Extract<FromWorker, { type: "fault" }>): Promise<HostErrno | undefined> {
     const { request: _, type: __, ...args } = fault;
     const answer = await this.withController((controller) =>
-      // The entries go in as the answer is read, before any command the controller sent after
-      // it (say a snapshot's No-write) is applied, so an older answer never overwrites a newer state.
+      // The entries go in as the answer is read, unless a later change to them (say a snapshot's
+      // No-write) arrived first: then the request faults again.
       controller.request("fault", args, (arrived) => {
-        if (arrived.action === "retry" && arrived.runs && arrived.first !== undefined) this.applyRuns(fault.disk, arrived.first, arrived.runs);
+        const table = this.tables.get(fault.disk);
+        // No table: it went away while the fault was answered, and the request will see GONE.
+        if (table && arrived.action === "retry" && arrived.runs && arrived.first !== undefined && arrived.change !== undefined) {
+          writeChange(this.shared, table, arrived.first, arrived.runs, arrived.change);
+        }
       }),
     );
     if (!answer) return "EIO";
@@ -545,15 +549,15 @@ export class Agent {
         return {};
       }
       case "set_entry": {
-        const { disk, first, runs, blocking } = args as ArgsOf<AgentRequests, "set_entry">;
-        this.applyRuns(disk, first, runs, true);
+        const { disk, first, runs, blocking, change } = args as ArgsOf<AgentRequests, "set_entry">;
+        commandInOrder(writeChange(this.shared, this.table(disk), first, runs, change), change);
         if (blocking) await this.inflight.drain(this.table(disk).slot);
         return {};
       }
       case "set_entry_state": {
-        const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
+        const { disk, first, count, set, clear, blocking, change } = args as ArgsOf<AgentRequests, "set_entry_state">;
         const table = this.table(disk);
-        setStates(this.shared, table, first, count, set, clear.length > 0);
+        commandInOrder(stateChange(this.shared, table, first, count, set, clear.length > 0, change), change);
         if (blocking) await this.inflight.drain(table.slot);
         return {};
       }
@@ -589,6 +593,7 @@ export class Agent {
       segmentShift: args.segmentShift,
       readOnly: args.readOnly,
       entryCount,
+      changes: new ChangeOrder(args.change),
     };
     this.tables.set(args.disk, table);
     await this.broadcastExports({ set: [table] });
@@ -634,16 +639,6 @@ export class Agent {
     const table = this.tables.get(disk);
     if (!table) throw new RequestError("NOT_FOUND", `no table for disk ${disk}`);
     return table;
-  }
-
-
-  private applyRuns(disk: number, first: number, runs: Runs, strict = false): void {
-    const table = this.tables.get(disk);
-    if (!table) {
-      if (strict) throw new RequestError("NOT_FOUND", `no table for disk ${disk}`);
-      return; // the table went away while the fault was answered: the request will see GONE.
-    }
-    writeRuns(this.shared, table, first, runs);
   }
 
 }

@@ -25,8 +25,9 @@ const faultArgs: ArgsOf<ControllerRequests, "fault"> = {
   offset: SEGMENT * MIB + 12_288,
   length: 4096,
 };
-const retryResult: ResultOf<ControllerRequests, "fault"> = { action: "retry", first: SEGMENT, runs: [[WORD, 1]] };
-const setEntryArgs: ArgsOf<AgentRequests, "set_entry"> = { disk: DISK_ID, first: SEGMENT, runs: [[WORD, 1]], blocking: false };
+const CHANGE = 123_456;
+const retryResult: ResultOf<ControllerRequests, "fault"> = { action: "retry", first: SEGMENT, runs: [[WORD, 1]], change: CHANGE };
+const setEntryArgs: ArgsOf<AgentRequests, "set_entry"> = { disk: DISK_ID, first: SEGMENT, runs: [[WORD, 1]], blocking: false, change: CHANGE + 1 };
 
 interface WireMessage {
   name: string;

@@ -27,6 +27,9 @@ export class AgentFleet {
   private readonly links = new Map<string, AgentLink>();
   /** The links made for agents known from before a restart. */
   private readonly fromBefore: AgentLink[] = [];
+  /** Per disk, the number of the last change to its entries sent to agents (see `change` in
+   *  wire/messages.ts). Agents hold no entries from an earlier controller run, so it starts at 0. */
+  private readonly changes = new WeakMap<Disk, number>();
 
   constructor(
     private readonly ctx: FleetContext,
@@ -121,16 +124,31 @@ export class AgentFleet {
     agent.restoringFrom = null;
   }
 
-  /** Sends restored entries to the disk's other agents that may have loaded the old ones since the
-   *  restart (one known only from before has loaded nothing yet). */
-  pushRestored(disk: Disk, segments: number[], except: AgentLink): Promise<void> {
+  /** Restored entries moved (see moveEntries): the disk's other agents that may have loaded the
+   *  old ones since the restart drop them (one known only from before has loaded nothing yet). */
+  dropRestored(disk: Disk, segments: number[], except: AgentLink): Promise<void> {
     const loaded = this.agentsOf(disk.id, except).filter((agent) => !this.fromBefore.includes(agent));
-    return this.pushEntriesTo(loaded, disk, segments, false);
+    return this.invalidate(loaded, disk, segments, false);
+  }
+
+  /** Numbers a change to the entries of `disk` about to be sent: taken as the entries are read, so
+   *  that the numbers follow the table's own order. */
+  nextChange(disk: Disk): number {
+    const change = (this.changes.get(disk) ?? 0) + 1;
+    this.changes.set(disk, change);
+    return change;
   }
 
   async sendTable(agent: AgentLink, disk: Disk): Promise<void> {
     await agent.call((peer) =>
-      peer.request("new_table", { disk: disk.id, name: disk.name, size: disk.size, segmentShift: disk.segmentShift, readOnly: disk.protected }),
+      peer.request("new_table", {
+        disk: disk.id,
+        name: disk.name,
+        size: disk.size,
+        segmentShift: disk.segmentShift,
+        readOnly: disk.protected,
+        change: this.nextChange(disk),
+      }),
     );
     agent.disks.add(disk.id);
   }
@@ -169,19 +187,10 @@ export class AgentFleet {
     await Promise.all(
       agents.flatMap((agent) =>
         ranges.map(([first, count]) =>
-          agent.call((peer) => peer.request("set_entry", { disk: disk.id, first, runs: this.ctx.catalog.agentRuns(disk, first, count), blocking })),
+          agent.call((peer) =>
+            peer.request("set_entry", { disk: disk.id, first, runs: this.ctx.catalog.agentRuns(disk, first, count), blocking, change: this.nextChange(disk) }),
+          ),
         ),
-      ),
-    );
-  }
-
-  /** `agent` drops the entries `segments` of `disk` (Invalid) and drains its I/O to the disk; an
-   *  agent that no longer holds the table has nothing to drop. */
-  async dropEntries(agent: AgentLink, disk: Disk, segments: number[]): Promise<void> {
-    if (!agent.disks.has(disk.id)) return;
-    await Promise.all(
-      adjacentRuns(segments).map(([first, count]) =>
-        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking: true })),
       ),
     );
   }
@@ -189,7 +198,38 @@ export class AgentFleet {
   async pushStates(disk: Disk, set: SettableState[], blocking: boolean): Promise<void> {
     const count = disk.table.entryCount;
     await Promise.all(
-      this.agentsOf(disk.id).map((agent) => agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking }))),
+      this.agentsOf(disk.id).map((agent) =>
+        agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first: 0, count, set, clear: [], blocking, change: this.nextChange(disk) })),
+      ),
+    );
+  }
+
+  /**
+   * Entries of `disk` moved to other locations (a new segment, a copy): the agent holding the
+   * table gets them (but `except`: a faulting agent gets them with its answer). When several
+   * hold it, new entries would reach them at different moments, and one could read through an old
+   * location while another already writes through the new one: so each of them, `except` too,
+   * drops the entries instead (Invalid) and gets them again through a fault. Waits until they
+   * have (with `blocking`, until their I/O in progress has drained too).
+   */
+  async moveEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void> {
+    const holders = this.agentsOf(disk.id);
+    if (holders.length > 1) await this.invalidate(holders, disk, segments, options.blocking);
+    else await this.pushEntries(disk, segments, options);
+  }
+
+  /** Sets the entries `segments` of `disk` Invalid at `agents` (those of them holding the table),
+   *  as runs over contiguous segments, and waits until they have. */
+  async invalidate(agents: AgentLink[], disk: Disk, segments: number[], blocking: boolean): Promise<void> {
+    const ranges = adjacentRuns(segments);
+    await Promise.all(
+      agents
+        .filter((agent) => agent.disks.has(disk.id))
+        .flatMap((agent) =>
+          ranges.map(([first, count]) =>
+            agent.call((peer) => peer.request("set_entry_state", { disk: disk.id, first, count, set: ["invalid"], clear: [], blocking, change: this.nextChange(disk) })),
+          ),
+        ),
     );
   }
 

@@ -47,6 +47,11 @@ export interface TableContext {
   /** Makes `agent` drop the entries `segments` of `disk` (Invalid: its next I/O there faults) and
    *  waits until its I/O to the disk in progress has drained (the blocking flag). */
   dropEntries(agent: object, disk: Disk, segments: number[]): Promise<void>;
+  /** The entries `segments` of `disk` moved to other locations: its agents (but `except`) get them,
+   *  or, when several agents hold the table, every one of them drops them; waits until they have. */
+  moveEntries(disk: Disk, segments: number[], options: { blocking: boolean; except?: object }): Promise<void>;
+  /** Numbers a change to the entries of `disk` about to be sent (a fault's answer). */
+  nextChange(disk: Disk): number;
   /** Test-only crash points (see failpoints.ts). */
   failpoint(name: string): void;
 }
@@ -111,9 +116,14 @@ export class FaultResolver {
 
   /** The fault's segments as they are now: the agent sets them and retries its request. */
   private retryAnswer(disk: Disk, fault: FaultArgs): FaultAnswer {
-    const runs = this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1);
+    const answer: FaultAnswer = {
+      action: "retry",
+      first: fault.first,
+      runs: this.ctx.catalog.agentRuns(disk, fault.first, fault.last - fault.first + 1),
+      change: this.ctx.nextChange(disk),
+    };
     const upTo = this.uncommitted(disk);
-    return upTo ? { action: "retry", first: fault.first, runs, run: this.ctx.run, at: upTo.runPosition } : { action: "retry", first: fault.first, runs };
+    return upTo ? { ...answer, run: this.ctx.run, at: upTo.runPosition } : answer;
   }
 
   /** An agent's FLUSH: the changes its faults were answered with in controller run `run` are made
@@ -158,9 +168,14 @@ export class FaultResolver {
       this.giveBackUnreferenced(disk, fresh);
       throw error;
     }
-    const changed = [...exclusive, ...zero, ...shared];
-    if (disk.mode === "reverse" || shared.length === 0) await this.ctx.pushEntries(disk, changed, { blocking: false, except: agent });
-    else await this.leaveSharedSegments(disk, changed, shared, agent);
+    // A cleared No-write, and reverse delta, keep the faulting disk's locations; the others move.
+    const leaving = disk.mode === "reverse" ? [] : shared;
+    const kept = disk.mode === "reverse" ? [...exclusive, ...shared] : exclusive;
+    await Promise.all([
+      this.ctx.moveEntries(disk, zero, { blocking: false, except: agent }),
+      this.leaveSharedSegments(disk, leaving, agent),
+      this.ctx.pushEntries(disk, kept, { blocking: false, except: agent }),
+    ]);
     return "writable";
   }
 
@@ -192,16 +207,19 @@ export class FaultResolver {
   }
 
   /**
-   * Process 400, step 460: the faulting disk moved off `moved`, and the disks still on them may
+   * Process 400, step 460: the faulting disk moved off `leaving`, and the disks still on them may
    * write them in place as soon as the family lock is free (No-write just goes once nobody else
    * shares a segment; a reverse delta keeps it). Before that, every read of this disk still going
    * to the old segments must have ended, at every agent of the disk: else it returns what another
-   * disk wrote. So the other agents get the new entries with the blocking flag, and the faulting
-   * agent drops the moved ones, blocking; it gets the new entries only with its answer, which names
-   * the controller run whose commit a write through them needs (a push does not).
+   * disk wrote. So every agent holding the disk drops them, blocking (moveEntries does that where
+   * several hold it; the faulting agent alone is told here): each gets the new entries through a
+   * fault, the faulting one with its answer, which names the controller run whose commit a write
+   * through them needs.
    */
-  private async leaveSharedSegments(disk: Disk, changed: number[], moved: number[], agent: object): Promise<void> {
-    await Promise.all([this.ctx.pushEntries(disk, changed, { blocking: true, except: agent }), this.ctx.dropEntries(agent, disk, moved)]);
+  private async leaveSharedSegments(disk: Disk, leaving: number[], agent: object): Promise<void> {
+    if (leaving.length === 0) return;
+    if (this.ctx.onlyHolder(disk, agent)) await this.ctx.dropEntries(agent, disk, leaving);
+    else await this.ctx.moveEntries(disk, leaving, { blocking: true, except: agent });
   }
 
   /** Where the changes to `disk` this run left uncommitted end, while they are not durable. */
@@ -290,7 +308,7 @@ export class FaultResolver {
     }
     await this.ctx.persist(remaps);
     this.ctx.failpoint("reverse-after-remap");
-    await Promise.all([...moved].map(([other, segments]) => this.ctx.pushEntries(other, segments, { blocking: true })));
+    await Promise.all([...moved].map(([other, segments]) => this.ctx.moveEntries(other, segments, { blocking: true })));
   }
 
   /** TRIM of whole segments: they become Z for this disk only; shared data stays for the others. */

@@ -109,7 +109,7 @@ export async function restoreEntries(
   const { records, changed, restored, lost } = restorable(ctx.catalog, ctx.pool, disk, args.run, args.entries);
   // No family lock: a fault of the family may hold it while it waits for this agent to be done.
   ctx.release(await ctx.persist(records));
-  if (changed.length > 0) await ctx.agents.pushRestored(disk, changed, agent);
+  if (changed.length > 0) await ctx.agents.dropRestored(disk, changed, agent);
   if (changed.length + lost > 0) ctx.say(
     `agent ${agent.id}: restored ${changed.length} mapping entries of disk ${disk.name} that controller run ${args.run} had not committed` +
       (lost > 0 ? `; ${lost} no longer fit and are lost` : ""),

@@ -159,6 +159,58 @@ describe("agent commands and faults", () => {
     expect((await command("get_status", { disk: DISK, first: 50, count: 2 })).states).toEqual([ENTRY_VALID, ENTRY_VALID]);
   });
 
+  test("a fault's answer that arrives after a newer change to its entry is not applied: the write faults again", async () => {
+    await command("set_entry", { disk: DISK, first: 44, runs: [[ZERO_WORD, 1]], blocking: false });
+    faults().length = 0;
+    const answered = mappedWord(CONTAINER, 44 * SEGMENT);
+    const snapshotted = mappedWord(CONTAINER, 45 * SEGMENT, true);
+    const final = mappedWord(CONTAINER, 46 * SEGMENT);
+    standIn.answerFault = (fault) => {
+      if (faults().length > 1) return { action: "retry", first: fault.first, runs: [[final, 1]] };
+      // The answer is numbered first; a newer change to the entry (a snapshot's No-write) is sent
+      // before the answer leaves, so it arrives first.
+      const answer = { action: "retry" as const, first: fault.first, runs: [[answered, 1]] as [number, number][], change: standIn.nextChange() };
+      void command("set_entry", { disk: DISK, first: 44, runs: [[snapshotted, 1]], blocking: false });
+      return answer;
+    };
+    expect(await write(44 * SEGMENT, 0x5a)).toBe("ok");
+    expect(faults()).toMatchObject([
+      { op: "write", first: 44, last: 44, state: ENTRY_VALID | ENTRY_ZERO },
+      { op: "write", first: 44, last: 44, state: ENTRY_VALID | ENTRY_NO_WRITE },
+    ]);
+    // Nothing went through the older answer's entry.
+    expect(containerBytes(44 * SEGMENT, 4096).every((byte) => byte === blockByte(44))).toBe(true);
+    expect(containerBytes(46 * SEGMENT, 4096).every((byte) => byte === 0x5a)).toBe(true);
+    expect((await command("get_entry", { disk: DISK, first: 44, count: 1 })).words).toEqual([final]);
+  });
+
+  test("a fault's answer older than a change to other entries is applied", async () => {
+    await command("set_entry", { disk: DISK, first: 47, runs: [[ZERO_WORD, 2]], blocking: false });
+    faults().length = 0;
+    standIn.answerFault = (fault) => {
+      const answer = { action: "retry" as const, first: fault.first, runs: [[mappedWord(CONTAINER, 47 * SEGMENT), 1]] as [number, number][], change: standIn.nextChange() };
+      void command("set_entry", { disk: DISK, first: 48, runs: [[mappedWord(CONTAINER, 48 * SEGMENT, true), 1]], blocking: false });
+      return answer;
+    };
+    expect(await write(47 * SEGMENT, 0x5b)).toBe("ok");
+    expect(faults()).toHaveLength(1);
+    expect(containerBytes(47 * SEGMENT, 4096).every((byte) => byte === 0x5b)).toBe(true);
+  });
+
+  test("a command older than one applied to the same entries is refused; to other entries it applies", async () => {
+    const older = standIn.nextChange();
+    await command("set_entry", { disk: DISK, first: 49, runs: [[ZERO_WORD, 1]], blocking: false });
+    const error = await command("set_entry_state", { disk: DISK, first: 49, count: 1, set: ["invalid"], clear: [], blocking: false, change: older }).then(
+      () => null,
+      (e: Error) => e,
+    );
+    expect(error).toBeInstanceOf(RemoteError);
+    expect((error as RemoteError).code).toBe("ESTALE");
+    expect((await command("get_entry", { disk: DISK, first: 49, count: 1 })).words).toEqual([ZERO_WORD]);
+    await command("set_entry", { disk: DISK, first: 52, runs: [[ZERO_WORD, 1]], blocking: false, change: older });
+    expect((await command("get_entry", { disk: DISK, first: 52, count: 1 })).words).toEqual([ZERO_WORD]);
+  });
+
   test("set_entry_state invalid makes the next I/O fault again (the Invalid alternative of step 325)", async () => {
     await command("set_entry_state", { disk: DISK, first: 0, count: 64, set: ["invalid"], clear: [], blocking: true });
     faults().length = 0;

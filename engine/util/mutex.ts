@@ -13,7 +13,9 @@ export class KeyedMutex<K> {
       return await section();
     } finally {
       // The next holder starts a macrotask later, so whatever the finished section's result sets
-      // off in microtasks (a response written to an agent) happens before the next section acts.
+      // off in microtasks (a response written to an agent) usually goes out before the next
+      // section acts. Agents do not rely on that (changes are numbered: a fault's answer older
+      // than a command that overtook it is dropped); it spares them a second fault.
       setImmediate(release);
       if (this.tails.get(key) === tail) this.tails.delete(key);
     }

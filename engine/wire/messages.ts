@@ -4,7 +4,8 @@
 import { SECRET_LENGTH_MAX } from "../secret.ts";
 import { array, bool, num, object, oneOf, optional, str, tuple, uint, type Infer, type Schema } from "./schema.ts";
 
-export const PROTOCOL_VERSION = 1;
+/** 2: table changes carry their change number. */
+export const PROTOCOL_VERSION = 2;
 
 export const NAME_LENGTH_MAX = 128;
 /** Disk names double as NBD export names and file-system-safe identifiers. */
@@ -37,6 +38,13 @@ const count = uint(2 ** 32);
 /** Entries as runs of equal words: [word, count] covering consecutive segments. */
 const runs = array(tuple<[number, number]>(word, uint(2 ** 32)), RUNS_PER_MESSAGE_MAX);
 export type Runs = Infer<typeof runs>;
+/**
+ * The number of a change to a disk's entries (a command that sets entries, or a fault's answer):
+ * per disk, increasing in the order the controller reads the entries it sends. An agent never
+ * applies a change older than one it has applied to any of the same entries (agent/table-edits.ts),
+ * whatever the order they arrive in: a fault's answer can arrive after a later command.
+ */
+const change = uint();
 
 export const SETTABLE_STATES = ["invalid", "nw", "zero", "error"] as const;
 export type SettableState = (typeof SETTABLE_STATES)[number];
@@ -112,7 +120,8 @@ const lunSummary = object({
 });
 export type LunSummary = Infer<typeof lunSummary>;
 
-const tableArgs = object({ disk: diskId, name, size: uint(), segmentShift: uint(63), readOnly: bool });
+/** `change`: the table starts at this change number; a change numbered below it is older than the table. */
+const tableArgs = object({ disk: diskId, name, size: uint(), segmentShift: uint(63), readOnly: bool, change });
 export type TableArgs = Infer<typeof tableArgs>;
 
 /** What the agent could not do alone: an I/O stopped by an entry's state, or "trim": unmap the
@@ -194,6 +203,8 @@ export const controllerRequests = {
       first: optional(segment),
       runs: optional(runs),
       errno: optional(oneOf(...ERRNO_NAMES)),
+      /** With runs: their change number. */
+      change: optional(change),
       /** Set while mapping changes of the disk (this answer's or an earlier one's) are not durable
        *  yet: they become durable at the next commit of this controller run, and are lost if the
        *  run ends first. */
@@ -239,7 +250,7 @@ export const agentRequests = {
   quiesce: { args: object({ disks: array(diskId, DISKS_MAX), timeoutMs: uint(3_600_000) }), result: object({}) },
   /** Releases the I/O held by quiesce. */
   activate: { args: object({ disks: array(diskId, DISKS_MAX) }), result: object({}) },
-  set_entry: { args: object({ disk: diskId, first: segment, runs, blocking: bool }), result: object({}) },
+  set_entry: { args: object({ disk: diskId, first: segment, runs, blocking: bool, change }), result: object({}) },
   /** How many host connections have the disk open on this agent. */
   get_connections: { args: object({ disk: diskId }), result: object({ count: uint() }) },
   /** Sets states on a range. Only Nw can be cleared: Invalid, Z and E void the location, so
@@ -252,6 +263,7 @@ export const agentRequests = {
       set: array(oneOf(...SETTABLE_STATES), SETTABLE_STATES.length),
       clear: array(oneOf("nw"), 1),
       blocking: bool,
+      change,
     }),
     result: object({}),
   },

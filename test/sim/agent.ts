@@ -5,7 +5,7 @@
 // the next one starts with no tables at all.
 import { FAULT_WAIT_MS } from "../../agent/agent.ts";
 import { QuiesceGates } from "../../agent/gates.ts";
-import { setStates, writeRuns } from "../../agent/table-edits.ts";
+import { ChangeOrder, commandInOrder, stateChange, writeChange, writeRuns } from "../../agent/table-edits.ts";
 import { UncommittedChanges } from "../../agent/uncommitted.ts";
 import {
   agentRequests,
@@ -48,12 +48,15 @@ export interface AgentEnv {
   leaseMs: number;
   /** The "ack-unwritten" canary. */
   dropWrites: boolean;
+  /** The "ignore-change-order" canary. */
+  ignoreChangeOrder: boolean;
   /** The agent has registered with the controller (dropping every entry it held). */
   registered(): void;
 }
 
 interface Table extends ExportedTable {
   entryCount: number;
+  changes: ChangeOrder;
 }
 
 /** One host's agent across crashes and restarts. */
@@ -203,7 +206,10 @@ class AgentProcess implements DataPathContext {
   async fault(request: FaultRequest): Promise<void> {
     const answer = await this.withController((controller) =>
       controller.request("fault", request, (arrived) => {
-        if (arrived.action === "retry" && arrived.runs && arrived.first !== undefined) this.applyRuns(request.disk, arrived.first, arrived.runs);
+        const table = this.byDisk.get(request.disk);
+        if (table && arrived.action === "retry" && arrived.runs && arrived.first !== undefined && arrived.change !== undefined) {
+          this.applyAnswer(table, arrived.first, arrived.runs, arrived.change);
+        }
       }),
     ).catch(hostErrorOf);
     if (answer.action === "error") throw new HostError(answer.errno ?? "EIO", `the controller answered ${answer.errno ?? "EIO"}`);
@@ -390,15 +396,15 @@ class AgentProcess implements DataPathContext {
         return {};
       }
       case "set_entry": {
-        const { disk, first, runs, blocking } = args as ArgsOf<AgentRequests, "set_entry">;
-        this.applyRuns(disk, first, runs, true);
+        const { disk, first, runs, blocking, change } = args as ArgsOf<AgentRequests, "set_entry">;
+        commandInOrder(writeChange(this.tables, this.table(disk), first, runs, change), change);
         if (blocking) await this.inflight.drain(this.table(disk).slot);
         return {};
       }
       case "set_entry_state": {
-        const { disk, first, count, set, clear, blocking } = args as ArgsOf<AgentRequests, "set_entry_state">;
+        const { disk, first, count, set, clear, blocking, change } = args as ArgsOf<AgentRequests, "set_entry_state">;
         const table = this.table(disk);
-        setStates(this.tables, table, first, count, set, clear.length > 0);
+        commandInOrder(stateChange(this.tables, table, first, count, set, clear.length > 0, change), change);
         if (blocking) await this.inflight.drain(table.slot);
         return {};
       }
@@ -414,7 +420,16 @@ class AgentProcess implements DataPathContext {
     if (slot === null) throw new RequestError("ENOSPC", `no free table slot (all ${TABLE_SLOTS_MAX} in use)`);
     const generation = this.tables.createTable(slot, entryCount, args.segmentShift);
     const replaced = this.byDisk.get(args.disk);
-    this.byDisk.set(args.disk, { disk: args.disk, name: args.name, slot, generation, sizeBytes: args.size, segmentShift: args.segmentShift, entryCount });
+    this.byDisk.set(args.disk, {
+      disk: args.disk,
+      name: args.name,
+      slot,
+      generation,
+      sizeBytes: args.size,
+      segmentShift: args.segmentShift,
+      entryCount,
+      changes: new ChangeOrder(args.change),
+    });
     if (replaced) await this.retire(replaced);
     return {};
   }
@@ -447,13 +462,11 @@ class AgentProcess implements DataPathContext {
   }
 
 
-  private applyRuns(disk: number, first: number, runs: Runs, strict = false): void {
-    const table = this.byDisk.get(disk);
-    if (!table) {
-      if (strict) throw new RequestError("NOT_FOUND", `no table for disk ${disk}`);
-      return; // the table went away while the fault was answered: the request will see GONE.
-    }
-    writeRuns(this.tables, table, first, runs);
+  /** A fault's answer goes in unless a newer change to its entries came first (then the request
+   *  faults again); the "ignore-change-order" canary puts it in anyway. */
+  private applyAnswer(table: Table, first: number, runs: Runs, change: number): void {
+    if (this.env.ignoreChangeOrder) writeRuns(this.tables, table, first, runs);
+    else if (!writeChange(this.tables, table, first, runs, change)) this.env.trace.count("fault answer older than a change");
   }
 
 }

@@ -33,10 +33,14 @@ import type { Stream } from "../../engine/wire/transport.ts";
 import { entryContainer } from "../../wasm/entry.ts";
 import type { CrashKind, SimLogDisk } from "./log-disk.ts";
 import type { SimNetwork } from "./network.ts";
+import type { Random } from "./random.ts";
 import { Life, type Scheduler } from "./scheduler.ts";
 import { BLOCK_BYTES, CONTROLLER_HOST, HostStorage, type SimStorage } from "./storage.ts";
 import type { Trace } from "./trace.ts";
 
+/** How often a fault's answer is held back, and for how long at most. */
+const LATE_ANSWER_PROBABILITY = 0.05;
+const LATE_ANSWER_MS_MAX = 5;
 
 export interface ContainerSpec {
   id: number;
@@ -46,6 +50,7 @@ export interface ContainerSpec {
 
 export interface ControllerEnv {
   scheduler: Scheduler;
+  random: Random;
   trace: Trace;
   network: SimNetwork;
   storage: SimStorage;
@@ -56,6 +61,9 @@ export interface ControllerEnv {
   failpoint(name: string): void;
   /** What the pool's container I/O becomes (the canary breaks it); identity by default. */
   containerIo(io: ContainerIo): ContainerIo;
+  /** The "push-over-old-entries" canary: a fault's new entries go out while agents still hold
+   *  the old ones. */
+  pushOverOldEntries: boolean;
   /** A name for a new controller run, different from every earlier one. */
   newRunId(): number;
 }
@@ -99,7 +107,11 @@ export class SimController {
       tablesSettled: () => this.agents.knownAgentsSettled(),
       release: (freed) => this.releaseSegments(freed),
       pushEntries: (disk, segments, options) => this.agents.pushEntries(disk, segments, options),
-      dropEntries: (agent, disk, segments) => this.agents.dropEntries(agent as AgentLink, disk, segments),
+      dropEntries: (agent, disk, segments) => this.agents.invalidate([agent as AgentLink], disk, segments, true),
+      // The "push-over-old-entries" canary pushes moved entries as it pushes any others.
+      moveEntries: (disk, segments, options) =>
+        env.pushOverOldEntries ? this.agents.pushEntries(disk, segments, options) : this.agents.moveEntries(disk, segments, options),
+      nextChange: (disk) => this.agents.nextChange(disk),
       pushStates: (disk, set, blocking) => this.agents.pushStates(disk, set, blocking),
       exportDisk: (disk) => this.agents.exportDisk(disk),
       newDiskId: () => this.catalog.newDiskId(),
@@ -361,7 +373,12 @@ export class SimController {
   private async fault(agent: AgentLink, args: ArgsOf<ControllerRequests, "fault">): Promise<FaultAnswer> {
     const disk = this.catalog.disks.get(args.disk);
     if (!disk) return { action: "error", errno: "EIO" };
-    return this.operation(() => this.faultQueue.submit(disk, args, agent));
+    const answer = await this.operation(() => this.faultQueue.submit(disk, args, agent));
+    // Agents apply changes by their numbers, not in the order they arrive: now and then an answer
+    // leaves after commands sent later.
+    const { random, scheduler } = this.env;
+    if (random.chance(LATE_ANSWER_PROBABILITY)) await scheduler.sleep(random.between(0, LATE_ANSWER_MS_MAX), this.life);
+    return answer;
   }
 
   private async persistRecords(records: LogRecord[]): Promise<Freed[]> {

@@ -46,9 +46,12 @@ export const NO_FAULTS: FaultRates = {
 /**
  * Deliberate breaks, never in product code: "skip-copy" gives the controller's pool container I/O
  * whose copy does nothing (copy-on-write loses the old contents); "ack-unwritten" makes agents
- * acknowledge writes without storing them.
+ * acknowledge writes without storing them; "push-over-old-entries" sends a fault's new entries
+ * to agents that still hold the old ones (an agent that has not got them yet reads through the
+ * old ones while another writes through the new); "ignore-change-order" makes agents apply a
+ * fault's answer even when a newer change to the same entries arrived first.
  */
-export const CANARIES = ["skip-copy", "ack-unwritten"] as const;
+export const CANARIES = ["skip-copy", "ack-unwritten", "push-over-old-entries", "ignore-change-order"] as const;
 export type Canary = (typeof CANARIES)[number];
 
 export interface SimOptions {

@@ -101,6 +101,7 @@ export class World implements Chaos, ControlPlane {
       storage,
       leaseMs: LEASE_MS,
       dropWrites: canary === "ack-unwritten",
+      ignoreChangeOrder: canary === "ignore-change-order",
       registered: () => {
         // Once every running agent has registered with the new controller, none can still use a
         // mapping the crashed one had not committed.
@@ -123,6 +124,7 @@ export class World implements Chaos, ControlPlane {
     trace.note("controller: starts");
     const controller = SimController.open({
       scheduler,
+      random,
       trace,
       network,
       storage,
@@ -133,6 +135,7 @@ export class World implements Chaos, ControlPlane {
         throw new Error(`the controller crashed at failpoint ${name}`);
       },
       containerIo: (io) => (canary === "skip-copy" ? skipCopy(io) : io),
+      pushOverOldEntries: canary === "push-over-old-entries",
       newRunId: () => ++this.controllerRuns,
     });
     this.controller = controller;
