@@ -196,6 +196,23 @@ export class Model {
     this.unflushedMayBeLost();
   }
 
+  /**
+   * An agent process crashed (its host's cache keeps the data): while a crashed controller's
+   * successor has not heard from every agent, the mapping changes this agent held to hand back
+   * die with it, and with them the unflushed writes its host made through them since that crash.
+   */
+  agentProcessCrashed(host: string): void {
+    if (!this.controllerLossPending) return;
+    for (const disk of this.disks.values()) {
+      for (const block of disk.blocks) {
+        const through = block.recent.filter((write) => write.host === host && !write.mappingMayBeLost);
+        if (through.length === 0) continue;
+        block.widenTo(block.afterCrash());
+        for (const write of through) write.mappingMayBeLost = true;
+      }
+    }
+  }
+
   /** Every running agent has registered with the new controller: the losses have happened. */
   controllerLossesSettled(): void {
     if (!this.controllerLossPending) return;

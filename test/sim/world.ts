@@ -176,6 +176,7 @@ export class World implements Chaos, ControlPlane {
     agent.crash(kind);
     this.parts.trace.count(`agent ${kind} crash`);
     if (kind === "host") this.parts.model.hostCrashed(host);
+    else this.parts.model.agentProcessCrashed(host);
   }
 
   partition(host: string, on: boolean): void {
