@@ -5,9 +5,11 @@
 //   base     the values that may be durable under the writes since;
 //   recent   the writes since base, with the host whose cache holds them until a FLUSH.
 // A FLUSH on a host makes its writes acknowledged before the FLUSH began durable: base becomes the
-// last of them. When a host crashes, a block with unflushed writes from it may read anything in
-// base or recent. A controller crash may lose the mapping of any unflushed write; that does not
-// take the write's data out of its host's cache, so that host's crash can still lose it too. A
+// last of them, whatever failed before or after it (NBD's rule). When a host crashes, a block with
+// unflushed writes from it may read anything in base or recent. A controller crash may lose the
+// mapping of any unflushed write (reads may show it gone), but its agent hands it back or fails
+// every later FLUSH of the connection: a FLUSH that succeeds still covers it. An agent that dies
+// before it has handed back takes such writes with it, as a host crash does. A
 // read narrows `current` to what it saw when nothing could change meanwhile, so a value that flips
 // later is caught; a snapshot's blocks never change unless a crash allows it.
 import { assert } from "../../engine/util/assert.ts";
@@ -22,9 +24,6 @@ interface Write {
   acked: boolean;
   /** Order of acknowledgement, to tell which writes a FLUSH covers. */
   ackOrder: number;
-  /** A controller crashed before a FLUSH covered it: its mapping may be gone, so no later FLUSH
-   *  makes it durable. */
-  mappingMayBeLost: boolean;
 }
 
 class Block {
@@ -110,7 +109,7 @@ export class Model {
   beginWrite(disk: ModelDisk, first: number, tags: readonly number[], host: string): PendingWrite {
     const writes = tags.map((tag, i) => {
       const block = disk.block(first + i);
-      const write: Write = { tag, host, acked: false, ackOrder: 0, mappingMayBeLost: false };
+      const write: Write = { tag, host, acked: false, ackOrder: 0 };
       block.writing += 1;
       block.widenTo([tag]);
       block.recent.push(write);
@@ -165,7 +164,7 @@ export class Model {
     for (const block of disk.blocks) {
       let last = -1;
       for (const [i, write] of block.recent.entries()) {
-        if (write.host === host && write.acked && !write.mappingMayBeLost && write.ackOrder <= mark) last = i;
+        if (write.host === host && write.acked && write.ackOrder <= mark) last = i;
       }
       if (last < 0) continue;
       block.base = new Set([block.recent[last]!.tag]);
@@ -199,18 +198,11 @@ export class Model {
   /**
    * An agent process crashed (its host's cache keeps the data): while a crashed controller's
    * successor has not heard from every agent, the mapping changes this agent held to hand back
-   * die with it, and with them the unflushed writes its host made through them since that crash.
+   * die with it, and with them the unflushed writes its host made through them: as after a crash
+   * of the host, no later FLUSH covers them.
    */
   agentProcessCrashed(host: string): void {
-    if (!this.controllerLossPending) return;
-    for (const disk of this.disks.values()) {
-      for (const block of disk.blocks) {
-        const through = block.recent.filter((write) => write.host === host && !write.mappingMayBeLost);
-        if (through.length === 0) continue;
-        block.widenTo(block.afterCrash());
-        for (const write of through) write.mappingMayBeLost = true;
-      }
-    }
+    if (this.controllerLossPending) this.hostCrashed(host);
   }
 
   /** Every running agent has registered with the new controller: the losses have happened. */
@@ -224,10 +216,8 @@ export class Model {
     for (const disk of this.disks.values()) {
       for (const block of disk.blocks) {
         if (block.recent.length === 0) continue;
+        // Reads may show them gone; their hosts keep them (a FLUSH that succeeds covers them).
         block.widenTo(block.afterCrash());
-        // Not CRASHED: the data of these writes is still in their hosts' caches (a write in
-        // flight puts it there later), and a host's crash can still lose it.
-        for (const write of block.recent) write.mappingMayBeLost = true;
       }
     }
   }
