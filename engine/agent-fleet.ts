@@ -27,6 +27,9 @@ export class AgentFleet {
   private readonly links = new Map<string, AgentLink>();
   /** The links made for agents known from before a restart. */
   private readonly fromBefore: AgentLink[] = [];
+  /** Resolves once every link from before is over (see knownAgentsSettled); made once, as every
+   *  write fault and table change after a restart asks for it. */
+  private settled: Promise<unknown> = Promise.resolve();
   /** Per disk, the number of the last change to its entries sent to agents (see `change` in
    *  wire/messages.ts). Agents hold no entries from an earlier controller run, so it starts at 0. */
   private readonly changes = new WeakMap<Disk, number>();
@@ -59,12 +62,13 @@ export class AgentFleet {
       this.fromBefore.push(agent);
       agent.watchLease();
     }
+    this.settled = Promise.all(this.fromBefore.map((agent) => agent.gone));
   }
 
   /** Resolves once every agent known from before a restart has registered again or been fenced:
    *  none of them can still use an entry this controller does not know about. */
   async knownAgentsSettled(): Promise<void> {
-    await Promise.all(this.fromBefore.map((agent) => agent.gone));
+    await this.settled;
   }
 
   /** Whether `agent` is the only agent holding the table of `disk`. */
@@ -182,7 +186,7 @@ export class AgentFleet {
     return this.pushEntriesTo(this.agentsOf(disk.id, options.except as AgentLink | undefined), disk, segments, options.blocking);
   }
 
-  async pushEntriesTo(agents: AgentLink[], disk: Disk, segments: number[], blocking: boolean): Promise<void> {
+  private async pushEntriesTo(agents: AgentLink[], disk: Disk, segments: number[], blocking: boolean): Promise<void> {
     const ranges = adjacentRuns(segments);
     await Promise.all(
       agents.flatMap((agent) =>

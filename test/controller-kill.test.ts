@@ -13,8 +13,7 @@
 import { afterAll, expect, test } from "bun:test";
 import { reapAll } from "./helpers/processes.ts";
 import { Cluster, CONTROLLER } from "./helpers/cluster.ts";
-import { BlockClient } from "./helpers/block-client.ts";
-import { FlushingWriter, imageProblems, readTags } from "./helpers/write-model.ts";
+import { firstDifference, FlushingWriter, imageProblems, readTags } from "./helpers/write-model.ts";
 import { TAGGED_BLOCK_BYTES } from "./helpers/tagged-writer.ts";
 import { randomInt, seededRandom } from "./log-helpers.ts";
 
@@ -46,18 +45,8 @@ interface Snapshot {
   image: Uint8Array;
 }
 
-async function readImage(cluster: Cluster, name: string): Promise<Uint8Array> {
-  const client = await BlockClient.open(cluster.socket(AGENT), name);
-  try {
-    return await client.read(0, BLOCKS * TAGGED_BLOCK_BYTES);
-  } finally {
-    await client.close();
-  }
-}
-
-function sameImage(actual: Uint8Array, expected: Uint8Array): string | null {
-  const at = actual.findIndex((byte, i) => byte !== expected[i]);
-  return at === -1 ? null : `differs from byte ${at} (block ${Math.floor(at / TAGGED_BLOCK_BYTES)})`;
+function readImage(cluster: Cluster, name: string): Promise<Uint8Array> {
+  return cluster.readImage(AGENT, name, BLOCKS * TAGGED_BLOCK_BYTES);
 }
 
 const CASES = [
@@ -128,7 +117,7 @@ for (const { kind, combined, killed } of CASES) {
         expect({ ...where, failures: writer.failures }).toEqual({ ...where, failures: [] });
         before = { since: writer.lastIssued, tags: readTags(image, BLOCKS).tags };
         for (const snapshot of snapshots) {
-          const difference = sameImage(await readImage(cluster, snapshot.name), snapshot.image);
+          const difference = firstDifference(await readImage(cluster, snapshot.name), snapshot.image);
           expect({ ...where, snapshot: snapshot.name, difference }).toEqual({ ...where, snapshot: snapshot.name, difference: null });
         }
         const checked = JSON.parse(await cluster.ctlOk(["check", "--json"])) as { problems: string[] };

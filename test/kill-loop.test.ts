@@ -8,8 +8,7 @@
 import { afterAll, expect, test } from "bun:test";
 import { reapAll } from "./helpers/processes.ts";
 import { Cluster, CONTROLLER } from "./helpers/cluster.ts";
-import { BlockClient } from "./helpers/block-client.ts";
-import { FlushingWriter, imageProblems, readTags } from "./helpers/write-model.ts";
+import { firstDifference, FlushingWriter, imageProblems, readTags } from "./helpers/write-model.ts";
 import { TAGGED_BLOCK_BYTES } from "./helpers/tagged-writer.ts";
 import { randomInt, seededRandom } from "./log-helpers.ts";
 
@@ -63,21 +62,8 @@ afterAll(async () => {
   cluster?.remove();
 });
 
-async function readDisk(agent: string, name: string): Promise<Uint8Array> {
-  const client = await BlockClient.open(cluster!.socket(agent), name);
-  try {
-    return await client.read(0, BLOCKS * TAGGED_BLOCK_BYTES);
-  } finally {
-    await client.close();
-  }
-}
-
-function firstDifference(actual: Uint8Array, expected: Uint8Array): string | null {
-  const at = actual.findIndex((byte, i) => byte !== expected[i]);
-  if (at === -1) return null;
-  const block = Math.floor(at / TAGGED_BLOCK_BYTES);
-  const tag = (image: Uint8Array) => new DataView(image.buffer, image.byteOffset + block * TAGGED_BLOCK_BYTES, 4).getUint32(0);
-  return `differs from byte ${at} (block ${block}: tag ${tag(actual)}, recorded ${tag(expected)})`;
+function readDisk(agent: string, name: string): Promise<Uint8Array> {
+  return cluster!.readImage(agent, name, BLOCKS * TAGGED_BLOCK_BYTES);
 }
 
 test(`kill loop: ${ROUNDS} rounds of kill -9 (controller, one agent, both agents, all) under write load lose no flushed write and change no snapshot`, async () => {

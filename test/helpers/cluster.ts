@@ -3,6 +3,7 @@
 // (a killed agent comes back under the same id and socket; agents find a new controller themselves).
 import { join } from "node:path";
 import { Child, ctl, ctlOk, spawnCtl, tempDir } from "./processes.ts";
+import { BlockClient } from "./block-client.ts";
 
 /** The name `Cluster.restart` and `Cluster.child` use for the controller (agent ids are others). */
 export const CONTROLLER = "controller";
@@ -58,6 +59,16 @@ export class Cluster {
 
   uri(agent: string, disk: string): string {
     return `nbd+unix:///${disk}?socket=${this.socket(agent)}`;
+  }
+
+  /** The first `bytes` of disk `name`, read through `agent` on a connection of its own. */
+  async readImage(agent: string, name: string, bytes: number): Promise<Uint8Array> {
+    const client = await BlockClient.open(this.socket(agent), name);
+    try {
+      return await client.read(0, bytes);
+    } finally {
+      await client.close();
+    }
   }
 
   /** Runs ctl against this cluster's controller. */

@@ -101,6 +101,15 @@ export function imageProblems(image: Uint8Array, history: WriteHistory, rule: Im
   return shortened(problems);
 }
 
+/** Where two images of tagged blocks first differ, with the tags there, or null when equal. */
+export function firstDifference(actual: Uint8Array, expected: Uint8Array): string | null {
+  const at = actual.findIndex((byte, i) => byte !== expected[i]);
+  if (at === -1) return null;
+  const block = Math.floor(at / TAGGED_BLOCK_BYTES);
+  const tag = (image: Uint8Array) => new DataView(image.buffer, image.byteOffset + block * TAGGED_BLOCK_BYTES, 4).getUint32(0);
+  return `differs from byte ${at} (block ${block}: tag ${tag(actual)}, recorded ${tag(expected)})`;
+}
+
 function shortened(problems: string[]): string[] {
   if (problems.length <= PROBLEMS_SHOWN_MAX) return problems;
   return [...problems.slice(0, PROBLEMS_SHOWN_MAX), `... and ${problems.length - PROBLEMS_SHOWN_MAX} more`];
