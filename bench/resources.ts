@@ -31,7 +31,7 @@ import { finishPart, resultsDir } from "./result-files.ts";
 import { SERVERS, ctl } from "./servers.ts";
 import { type SplitInstance, startSplit } from "./split-servers.ts";
 import { GIB, KIB, MIB, TIB } from "./units.ts";
-import { DEFAULT_SEGMENT_BYTES } from "../engine/controller.ts";
+import { DEFAULT_SEGMENT_BYTES } from "../engine/disk-operations.ts";
 import { formatSize } from "../engine/util/size.ts";
 
 const IO_BYTES = 4 * KIB;

@@ -129,7 +129,7 @@ export class Pool {
 }
 
 /** ContainerIo on the container files (paths from the catalog), opened on first use. */
-class ContainerFileIo implements ContainerIo {
+export class ContainerFileIo implements ContainerIo {
   private readonly files = new Map<number, number>();
   private zeroChunk: Uint8Array | null = null;
   private readonly transfers = new PoolTransfers();

@@ -11,10 +11,10 @@
 //   controller holds in memory may be more than a restart recovers, so it stops: `onFatal` is
 //   called once and every later change, commit and compaction is refused.
 import { AppendLog, LogFullError, type RecoveryReport } from "./log/append-log.ts";
-import { nodeLogIo } from "./log/log-io.ts";
+import type { LogIo } from "./log/log-io.ts";
+import type { LeaseClock } from "./agent-link.ts";
 import { appendAndApply, ChangeNotAppliedError, parseRecord, type Catalog, type Freed, type LogRecord } from "./catalog.ts";
 import { compactionBytesBound, growthBytesBound } from "./compaction-bound.ts";
-import { logIoWithFaults } from "./failpoints.ts";
 import { assert } from "./util/assert.ts";
 import { RequestError } from "./wire/peer.ts";
 import { BACKGROUND_COMMIT_MS } from "./wire/messages.ts";
@@ -26,6 +26,10 @@ export const COMPACT_SLACK_BYTES_DEFAULT = 4 * 2 ** 20;
 export const LOG_ROOM_CHUNK_BYTES = 2 ** 20;
 
 export interface TablesLogOptions {
+  /** The file I/O of commits and compactions. */
+  io: LogIo;
+  /** The background commit's timer. */
+  clock: LeaseClock;
   compactSlackBytes?: number;
   say(line: string): void;
   /** The log failed: the controller must stop. Called once. */
@@ -39,7 +43,9 @@ export class TablesLog {
    *  the log has grown. */
   private compactionFailedAt = -1;
   /** Commits records left uncommitted by faults, so a host that never flushes loses little. */
-  private commitTimer: Timer | undefined;
+  private cancelCommit: (() => void) | null = null;
+  /** Records appended and not yet committed by the persist that appended them. */
+  private persisting = 0;
   private full = false;
   private stopped: RequestError | null = null;
 
@@ -55,7 +61,7 @@ export class TablesLog {
   static open(path: string, catalog: Catalog, options: TablesLogOptions): { tables: TablesLog; recovery: RecoveryReport } {
     let tables: TablesLog | undefined;
     const { log, records, recovery } = AppendLog.open(path, {
-      io: logIoWithFaults(nodeLogIo),
+      io: options.io,
       roomChunkBytes: LOG_ROOM_CHUNK_BYTES,
       onFailure: (error) => tables?.fail(error),
     });
@@ -82,12 +88,22 @@ export class TablesLog {
     return this.log.sizeBytes;
   }
 
+  /** Every change applied is durable and no persist is still on its way. */
+  get settled(): boolean {
+    return this.persisting === 0 && this.log.uncommittedRecords === 0;
+  }
+
   /** Applies and commits `records`; returns the segments they left unreferenced, free for others
    *  once no agent can still be using them. */
   async persist(records: LogRecord[]): Promise<Freed[]> {
     if (records.length === 0) return [];
     const freed = this.change(records);
-    await this.commit();
+    this.persisting += 1;
+    try {
+      await this.commit();
+    } finally {
+      this.persisting -= 1;
+    }
     this.maybeCompact();
     return freed;
   }
@@ -96,10 +112,10 @@ export class TablesLog {
   record(records: LogRecord[]): number {
     const freed = this.change(records);
     assert(freed.length === 0, "uncommitted records must not free segments");
-    this.commitTimer ??= setTimeout(() => {
-      this.commitTimer = undefined;
+    this.cancelCommit ??= this.options.clock.after(BACKGROUND_COMMIT_MS, () => {
+      this.cancelCommit = null;
       this.commit().catch((error: Error) => this.options.say(`background commit failed: ${error.message}`));
-    }, BACKGROUND_COMMIT_MS);
+    });
     this.maybeCompact();
     return this.log.appendedRecords;
   }
@@ -118,8 +134,15 @@ export class TablesLog {
     return this.log.durableRecords >= position;
   }
 
+  /** The controller is going away at once (its process died): no change, commit or compaction is
+   *  made from now on, whatever of its code still runs. */
+  halt(why: string): void {
+    this.stopped ??= new RequestError("EIO", why);
+    this.cancelCommit?.();
+  }
+
   async close(): Promise<void> {
-    clearTimeout(this.commitTimer);
+    this.cancelCommit?.();
     await this.compacting;
     await this.log.close();
   }
@@ -179,7 +202,7 @@ export class TablesLog {
   private fail(error: Error): void {
     if (this.stopped) return;
     this.stopped = new RequestError("EIO", `the controller has stopped: ${error.message}; a restart recovers what was committed`);
-    clearTimeout(this.commitTimer);
+    this.cancelCommit?.();
     // The requests that failed with it are answered first (their answers go out on the next
     // turns of the event loop), so agents and ctl hear why rather than see a connection drop.
     const stopped = this.stopped;

@@ -7,6 +7,8 @@ import { join } from "node:path";
 import { Catalog, type LogRecord } from "../engine/catalog.ts";
 import { compactionBytesBound, growthBytesBound } from "../engine/compaction-bound.ts";
 import { encodePayload, frameRecords } from "../engine/log/record.ts";
+import { nodeLogIo } from "../engine/log/log-io.ts";
+import { monotonicClock } from "../engine/agent-link.ts";
 import { COMPACT_SLACK_BYTES_DEFAULT, TablesLog } from "../engine/tables-log.ts";
 import { mappedWord } from "../wasm/entry.ts";
 import { randomInt, seededRandom, TempDirs } from "./log-helpers.ts";
@@ -20,7 +22,7 @@ function openTables(path: string, options: { compactSlackBytes?: number } = { co
   const catalog = new Catalog();
   const said: string[] = [];
   const fatal: Error[] = [];
-  const { tables } = TablesLog.open(path, catalog, { ...options, say: (line) => said.push(line), onFatal: (error) => fatal.push(error) });
+  const { tables } = TablesLog.open(path, catalog, { ...options, io: nodeLogIo, clock: monotonicClock, say: (line) => said.push(line), onFatal: (error) => fatal.push(error) });
   return { tables, catalog, said, fatal };
 }
 
