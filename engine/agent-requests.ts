@@ -68,7 +68,7 @@ export class AgentRequests {
         await this.faults.commit((args as Args<"commit">).run);
         return {};
       case "restore":
-        return restoreEntries({ ...core.context, agents: core.agents, say: core.say }, agent, args as Args<"restore">);
+        return restoreEntries({ ...core.context, agents: core.agents, say: (line) => core.say(line) }, agent, args as Args<"restore">);
       case "restored":
         core.agents.restored(agent);
         return {};

@@ -3,7 +3,7 @@
 // operation that fails or whose controller crashes may or may not have happened: the model
 // follows what the (recovered) catalog says.
 import type { Disk, DiskMode } from "../../engine/catalog.ts";
-import type { SimController } from "./controller.ts";
+import type { Controller } from "../../engine/controller.ts";
 import { DiskInfo, type DiskRegistry } from "./disks.ts";
 import type { CopyWindow, Model } from "./model.ts";
 import type { Random } from "./random.ts";
@@ -20,9 +20,9 @@ export type Outcome = { kind: "ok" } | { kind: "error"; message: string } | { ki
 /** How the administrator reaches the controller. */
 export interface ControlPlane {
   /** Runs `work` on the live controller: "down" if there is none, "crashed" if it dies first. */
-  call(work: (controller: SimController) => Promise<unknown>): Promise<Outcome>;
+  call(work: (controller: Controller) => Promise<unknown>): Promise<Outcome>;
   /** The live controller, once there is one. */
-  live(): Promise<SimController>;
+  live(): Promise<Controller>;
   /** Containers whose storage works again (a failed one among them may be repaired). */
   healthyContainers(): number[];
 }
@@ -75,7 +75,7 @@ export class Admin {
     const controller = await this.env.control.live();
     for (const id of this.env.control.healthyContainers()) {
       if (controller.catalog.luns.get(id)?.failed == null) continue;
-      const outcome = await this.env.control.call((live) => live.repairContainer(id));
+      const outcome = await this.env.control.call((live) => live.request("lun.repair", { id }));
       this.env.trace.note(`admin: repair container ${id}: ${describe(outcome)}`);
     }
   }
@@ -119,7 +119,7 @@ export class Admin {
     const shift = random.chance(0.7) ? 16 : 17;
     const size = random.int(DISK_SEGMENTS_MIN, DISK_SEGMENTS_MAX) * 2 ** shift;
     const mode: DiskMode = random.chance(0.5) ? "forward" : "reverse";
-    const outcome = await this.env.control.call((controller) => controller.createDisk(name, size, shift, mode));
+    const outcome = await this.env.control.call((controller) => controller.request("disk.create", { name, size, segmentSize: 2 ** shift, mode }));
     this.note(`create ${name} (${size / 2 ** shift} segments of ${2 ** (shift - 10)} KiB, ${mode})`, outcome);
     if (outcome.kind === "ok" || (await this.exists(outcome, name))) this.register(new DiskInfo(model.addDisk(name, size / BLOCK_BYTES), shift, name, true));
   }
@@ -150,7 +150,7 @@ export class Admin {
     const mode: DiskMode = random.chance(0.5) ? "forward" : "reverse";
     const invalidate = random.chance(0.2);
     const window = this.env.model.beginCopy(source.model);
-    const outcome = await this.env.control.call((controller) => controller.createSnapshot(source.name, name, mode, invalidate));
+    const outcome = await this.env.control.call((controller) => controller.request("snapshot.create", { source: source.name, name, mode, invalidate }));
     this.note(`snapshot ${source.name} -> ${name} (${mode}${invalidate ? ", invalidate" : ""}${frozen ? "" : ", clone"})`, outcome);
     if (outcome.kind === "ok" || (await this.exists(outcome, name))) this.addCopy(source, window, name, frozen);
   }
@@ -168,10 +168,7 @@ export class Admin {
     const pairs = sources.map((source) => ({ source, name: disks.newName("s"), window: this.env.model.beginCopy(source.model) }));
     const timeoutMs = random.int(100, 2000);
     const outcome = await this.env.control.call((controller) =>
-      controller.createGroup(
-        pairs.map(({ source, name }) => ({ source: source.name, name })),
-        timeoutMs,
-      ),
+      controller.request("snapshot.group", { pairs: pairs.map(({ source, name }) => ({ source: source.name, name })), timeoutMs }),
     );
     this.note(`group ${pairs.map(({ source, name }) => `${source.name}->${name}`).join(" ")} (${timeoutMs} ms)`, outcome);
     for (const { source, name, window } of pairs) {
@@ -184,12 +181,15 @@ export class Admin {
     const targets = disks.usable("*");
     if (targets.length === 0) return;
     const disk = random.pick(targets);
-    const snapshots = disks.usable().filter((other) => other !== disk && other.family === disk.family && other.blockCount === disk.blockCount);
+    // A disk goes back only to a snapshot taken from it, or from one of its snapshots.
+    const { catalog } = await this.env.control.live();
+    const descends = (other: DiskInfo) => catalog.diskByName(other.name)?.ancestors.includes(catalog.diskByName(disk.name)?.id ?? -1) ?? false;
+    const snapshots = disks.usable().filter((other) => other !== disk && other.family === disk.family && descends(other));
     if (snapshots.length === 0) return;
     const snapshot = random.pick(snapshots);
     await disks.pause([disk, snapshot], scheduler, life);
     const window = this.env.model.beginCopy(snapshot.model);
-    const outcome = await this.env.control.call((controller) => controller.rollbackDisk(disk.name, snapshot.name));
+    const outcome = await this.env.control.call((controller) => controller.request("disk.rollback", { name: disk.name, snapshot: snapshot.name, force: true }));
     this.note(`rollback ${disk.name} to ${snapshot.name}`, outcome);
     if (outcome.kind === "ok" || (await this.rolledBack(outcome, disk.name, snapshot.name))) this.env.model.capture(window, disk.model);
     disks.resume([disk, snapshot]);
@@ -203,7 +203,8 @@ export class Admin {
     // Keep something for the hosts to write to.
     if (disk.writable && disks.usable("*").length <= 1) return;
     await disks.pause([disk], scheduler, life);
-    const outcome = await this.env.control.call((controller) => controller.deleteDisk(disk.name));
+    // Forced: its snapshots keep their data, and hosts may still have it open (they get EIO).
+    const outcome = await this.env.control.call((controller) => controller.request("disk.delete", { name: disk.name, force: true }));
     this.note(`delete ${disk.name}`, outcome);
     if (outcome.kind === "ok" || !(await this.exists(outcome, disk.name))) {
       disks.remove(disk.name);

@@ -23,6 +23,7 @@ import { TABLE_SLOTS_MAX, type SharedTables } from "../../wasm/tables.ts";
 import { TableSlots } from "../../agent/table-slots.ts";
 import { DataPath, HostError, type DataPathContext, type ExportedTable, type FaultRequest } from "./agent-io.ts";
 import { SimInflight } from "./inflight.ts";
+import { SIM_SECRET } from "./controller.ts";
 import type { CrashKind } from "./log-disk.ts";
 import type { SimNetwork } from "./network.ts";
 import type { Random } from "./random.ts";
@@ -296,6 +297,7 @@ class AgentProcess implements DataPathContext {
         const hello = await peer.request("hello", {
           version: PROTOCOL_VERSION,
           role: "agent",
+          secret: SIM_SECRET,
           agentId: this.host,
           instance: this.instance,
           leaseMs: this.env.leaseMs,

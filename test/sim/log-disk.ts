@@ -29,18 +29,16 @@ export class SimLogDisk {
     readonly path: string,
   ) {}
 
-  /** Puts the image in the real file for AppendLog.open; returns the LogIo for this incarnation. */
+  /** Puts the image in the real file for AppendLog.open; returns the LogIo for this incarnation.
+   *  Recovery will cut a torn tail off and sync the file: the image is cut as it will be. */
   open(life: Life): LogIo {
     assert(this.io === null, "log opened twice without a crash");
     writeFileSync(this.path, this.image);
-    this.io = new MemoryLogIo(this, this.scheduler, this.random, life);
-    return this.io;
-  }
-
-  /** Recovery cut the file to `validBytes` (a torn tail) and synced it. */
-  opened(validBytes: number): void {
+    const { validBytes } = scanRecords(this.path, this.image);
     this.image = this.image.slice(0, validBytes);
     this.durableBytes = validBytes;
+    this.io = new MemoryLogIo(this, this.scheduler, this.random, life);
+    return this.io;
   }
 
   /** The controller is gone: what it was writing fails, and on a host crash the tail tears. */

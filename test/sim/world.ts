@@ -1,7 +1,9 @@
 // The simulated world: the controller and agents with their crashes and restarts, the network and
 // storage they share, and the first violation seen. It is what the fault injector acts on and
 // what the administrator reaches the controller through.
+import type { Controller } from "../../engine/controller.ts";
 import type { ContainerIo } from "../../engine/pool.ts";
+import type { SnapshotContext } from "../../engine/snapshots.ts";
 import type { SharedTables } from "../../wasm/tables.ts";
 import type { ControlPlane, Outcome } from "./admin.ts";
 import { SimAgent } from "./agent.ts";
@@ -67,17 +69,17 @@ export class World implements Chaos, ControlPlane {
   }
 
   /** The controller, if one serves now. */
-  get liveController(): SimController | null {
-    return this.ready;
+  get liveController(): Controller | null {
+    return this.ready?.controller ?? null;
   }
 
   get controllerQuiet(): boolean {
-    return this.ready !== null && this.ready.quiet;
+    return this.ready !== null && this.ready.controller.idle;
   }
 
   /** Some container is out of service at the live controller. */
   get containerOutOfService(): boolean {
-    return [...(this.ready?.catalog.luns.values() ?? [])].some((lun) => lun.failed !== null);
+    return [...(this.ready?.controller.catalog.luns.values() ?? [])].some((lun) => lun.failed !== null);
   }
 
   /** What a recovery from the log now would find. */
@@ -122,7 +124,7 @@ export class World implements Chaos, ControlPlane {
       trace.count("log compaction");
     }
     trace.note("controller: starts");
-    const controller = SimController.open({
+    const controller = new SimController({
       scheduler,
       random,
       trace,
@@ -135,12 +137,12 @@ export class World implements Chaos, ControlPlane {
         throw new Error(`the controller crashed at failpoint ${name}`);
       },
       containerIo: (io) => (canary === "skip-copy" ? skipCopy(io) : io),
-      pushOverOldEntries: canary === "push-over-old-entries",
+      context: (context) => (canary === "push-over-old-entries" ? pushOverOldEntries(context) : context),
       newRunId: () => ++this.controllerRuns,
     });
     this.controller = controller;
     this.checkRecovered(controller);
-    controller.start().then(
+    controller.controller.serve().then(
       () => {
         if (!controller.life.isAlive) return;
         this.ready = controller;
@@ -224,12 +226,12 @@ export class World implements Chaos, ControlPlane {
 
   // ---- ControlPlane ----
 
-  async call(work: (controller: SimController) => Promise<unknown>): Promise<Outcome> {
+  async call(work: (controller: Controller) => Promise<unknown>): Promise<Outcome> {
     const controller = this.ready;
     if (!controller) return { kind: "down" };
     let outcome: Outcome;
     try {
-      await Promise.race([work(controller), controller.died]);
+      await Promise.race([work(controller.controller), controller.died]);
       outcome = { kind: "ok" };
     } catch (error) {
       outcome = { kind: "error", message: (error as Error).message };
@@ -237,9 +239,9 @@ export class World implements Chaos, ControlPlane {
     return controller.life.isAlive ? outcome : { kind: "crashed" };
   }
 
-  live(): Promise<SimController> {
-    if (this.ready) return Promise.resolve(this.ready);
-    return new Promise((resolve) => this.readyWaiters.push(resolve));
+  live(): Promise<Controller> {
+    if (this.ready) return Promise.resolve(this.ready.controller);
+    return new Promise((resolve) => this.readyWaiters.push((ready) => resolve(ready.controller)));
   }
 
   healthyContainers(): number[] {
@@ -256,7 +258,7 @@ export class World implements Chaos, ControlPlane {
   }
 
   /** After recovery: the state is consistent, and every disk the workload was told exists is there. */
-  private checkRecovered(controller: SimController): void {
+  private checkRecovered({ controller }: SimController): void {
     for (const problem of stateProblems(controller.catalog, controller.pool)) this.violate(`after recovery: ${problem}`);
     for (const disk of this.parts.disks.all()) {
       if (!disk.paused && !controller.catalog.diskByName(disk.name)) this.violate(`after recovery: disk ${disk.name} is gone though its creation was acknowledged`);
@@ -267,4 +269,10 @@ export class World implements Chaos, ControlPlane {
 /** The "skip-copy" canary: copy-on-write copies that copy nothing. */
 function skipCopy(io: ContainerIo): ContainerIo {
   return { ...io, copy: () => undefined };
+}
+
+/** The "push-over-old-entries" canary: a fault's moved entries are pushed to the disk's other
+ *  agents as any others are, while they may still hold the old ones. */
+function pushOverOldEntries(context: SnapshotContext): SnapshotContext {
+  return { ...context, moveEntries: (disk, segments, options) => context.pushEntries(disk, segments, options) };
 }
