@@ -20,7 +20,7 @@ export function failpoint(name: string): void {
 export function logIoWithFaults(io: LogIo): LogIo {
   if (logSyncFailsWhen === "") return io;
   return {
-    write: (fd, data, position) => io.write(fd, data, position),
+    ...io,
     datasync: async (fd) => {
       if (!existsSync(logSyncFailsWhen)) return io.datasync(fd);
       throw Object.assign(new Error("EIO: i/o error, fdatasync (injected)"), { code: "EIO" });

@@ -68,6 +68,18 @@ export class ProbeIo implements LogIo {
     return nodeLogIo.datasync(fd);
   }
 
+  open(path: string, flags: string): Promise<number> {
+    return nodeLogIo.open(path, flags);
+  }
+
+  rename(from: string, to: string): Promise<void> {
+    return nodeLogIo.rename(from, to);
+  }
+
+  syncDir(path: string): Promise<void> {
+    return nodeLogIo.syncDir(path);
+  }
+
   /** Holds the next datasync; returns when it started and a function to let it go on. */
   holdNextSync(): { started: Promise<void>; release: () => void } {
     const hold = { started: deferred(), release: deferred() };

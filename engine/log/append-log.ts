@@ -34,13 +34,10 @@ import {
   extendWithZeros,
   freeBytesOn,
   isNoSpace,
-  fsyncDirAsync,
   fsyncDirSync,
   type LogIo,
   nodeLogIo,
-  openAsync,
   readWholeSync,
-  renameAsync,
   truncateQuietly,
   unlinkQuietly,
   writeFully,
@@ -481,8 +478,8 @@ export class AppendLog {
       fd = await this.writeCompactFile(image);
     }
     try {
-      await renameAsync(compactPathOf(this.path), this.path);
-      await fsyncDirAsync(this.path);
+      await this.io.rename(compactPathOf(this.path), this.path);
+      await this.io.syncDir(this.path);
     } catch (err) {
       // Once the rename has been tried, which file is on disk is uncertain: stop.
       closeQuietly(fd);
@@ -513,7 +510,7 @@ export class AppendLog {
     const compactPath = compactPathOf(this.path);
     let fd: number | undefined;
     try {
-      fd = await openAsync(compactPath, "w+");
+      fd = await this.io.open(compactPath, "w+");
       await writeFully(this.io, fd, image, 0);
       await this.sync(fd);
       return fd;

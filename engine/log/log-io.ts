@@ -1,7 +1,8 @@
 /**
- * File-system operations used by the log. The two calls on the commit path (write, fdatasync) go
- * through `LogIo` so tests can count or fail them; everything is async on the commit path so the
- * event loop keeps running while the disk works.
+ * File-system operations used by the log. The calls on the commit and compaction paths (write,
+ * fdatasync, and the compaction's open, rename and directory sync) go through `LogIo` so tests
+ * can count or fail them and the simulator can keep the files on its own disk; everything is async
+ * on those paths so the event loop keeps running while the disk works.
  */
 import * as fs from "node:fs";
 import { dirname } from "node:path";
@@ -12,6 +13,12 @@ export interface LogIo {
   write(fd: number, data: Uint8Array, position: number): Promise<number>;
   /** fdatasync(2). */
   datasync(fd: number): Promise<void>;
+  /** open(2) of a new file (the compaction's). */
+  open(path: string, flags: string): Promise<number>;
+  /** rename(2): the compacted file replaces the log. */
+  rename(from: string, to: string): Promise<void>;
+  /** fsync(2) of the directory holding `path`, making a rename in it durable. */
+  syncDir(path: string): Promise<void>;
 }
 
 export const nodeLogIo: LogIo = {
@@ -23,6 +30,9 @@ export const nodeLogIo: LogIo = {
     new Promise((resolve, reject) => {
       fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()));
     }),
+  open: (path, flags) => openAsync(path, flags),
+  rename: (from, to) => renameAsync(from, to),
+  syncDir: (path) => fsyncDirAsync(path),
 };
 
 /** Writes all of `data` at `position`, retrying short writes. */

@@ -42,6 +42,8 @@ export interface SimControllerParts {
   context(context: SnapshotContext): SnapshotContext;
   /** A name for a new controller run, different from every earlier one. */
   newRunId(): number;
+  /** How much the log grows past its compacted size before it is compacted, live. */
+  compactSlackBytes: number;
 }
 
 /** One incarnation of the controller. */
@@ -58,7 +60,7 @@ export class SimController {
     this.controller = Controller.open(this.env(), {
       secret: SIM_SECRET,
       firstContainers: parts.containers.map(({ path, sizeBytes }) => ({ path, size: sizeBytes })),
-      compactSlackBytes: Number.MAX_SAFE_INTEGER,
+      compactSlackBytes: parts.compactSlackBytes,
     });
   }
 

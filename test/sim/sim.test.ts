@@ -30,6 +30,7 @@ const COVERED = [
   "crash at a failpoint",
   "torn log tail",
   "log compaction",
+  "live log compaction",
   "agent process crash",
   "agent host crash",
   "agent lease expired",

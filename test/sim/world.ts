@@ -23,6 +23,9 @@ import type { Trace } from "./trace.ts";
 /** The agents' lease: short, so lapses and fencing happen within a run. */
 export const LEASE_MS = 400;
 const COMPACT_AT_START_PROBABILITY = 0.3;
+/** The log is compacted live once it has grown by this much (or by its compacted size). */
+const LOG_SLACK_BYTES_MIN = 2 * 1024;
+const LOG_SLACK_BYTES_MAX = 64 * 1024;
 
 export interface WorldParts {
   scheduler: Scheduler;
@@ -139,6 +142,7 @@ export class World implements Chaos, ControlPlane {
       containerIo: (io) => (canary === "skip-copy" ? skipCopy(io) : io),
       context: (context) => (canary === "push-over-old-entries" ? pushOverOldEntries(context) : context),
       newRunId: () => ++this.controllerRuns,
+      compactSlackBytes: random.int(LOG_SLACK_BYTES_MIN, LOG_SLACK_BYTES_MAX),
     });
     this.controller = controller;
     this.checkRecovered(controller);
