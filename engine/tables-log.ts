@@ -1,7 +1,8 @@
 // The controller's tables and their log together. A change is admitted first (the log has room for
 // it and, beyond, for a compaction), then applied, then appended: a record that does not apply is
-// never appended, and a change the log cannot take changes nothing. Also here: commits, the
-// background commit, compaction, and what happens when the log cannot go on.
+// never appended, and a change the log cannot take changes nothing. Also here: commits, and what
+// happens when the log cannot go on. When to commit in the background and when to compact are
+// commit-timer.ts and compaction-schedule.ts.
 //
 // - Full (the file system has no space for the log's room): the controller is read-only for
 //   changes. Each is refused with ENOSPC and one line saying what is full and how much is needed;
@@ -17,11 +18,8 @@ import { appendAndApply, ChangeNotAppliedError, parseRecord, type Catalog, type 
 import { compactionBytesBound, growthBytesBound } from "./compaction-bound.ts";
 import { assert } from "./util/assert.ts";
 import { RequestError } from "./wire/peer.ts";
-import { BACKGROUND_COMMIT_MS } from "./wire/messages.ts";
-
-/** Compaction runs once the log has grown past its compacted size by that size or by this much,
- *  whichever is more: the log stays under twice its live state plus this (see README). */
-export const COMPACT_SLACK_BYTES_DEFAULT = 4 * 2 ** 20;
+import { CommitTimer } from "./commit-timer.ts";
+import { CompactionSchedule, COMPACT_SLACK_BYTES_DEFAULT } from "./compaction-schedule.ts";
 /** The log file is kept written this far ahead of its records and reserve when space allows. */
 export const LOG_ROOM_CHUNK_BYTES = 2 ** 20;
 
@@ -37,13 +35,8 @@ export interface TablesLogOptions {
 }
 
 export class TablesLog {
-  private compactedBytes: number;
-  private compacting: Promise<void> | null = null;
-  /** Log size when a compaction last failed: it is not tried again while refusing changes until
-   *  the log has grown. */
-  private compactionFailedAt = -1;
-  /** Commits records left uncommitted by faults, so a host that never flushes loses little. */
-  private cancelCommit: (() => void) | null = null;
+  private readonly compaction: CompactionSchedule;
+  private readonly commitTimer: CommitTimer;
   /** Records appended and not yet committed by the persist that appended them. */
   private persisting = 0;
   private full = false;
@@ -54,7 +47,9 @@ export class TablesLog {
     private readonly catalog: Catalog,
     private readonly options: TablesLogOptions,
   ) {
-    this.compactedBytes = log.sizeBytes;
+    const say = (line: string) => options.say(line);
+    this.compaction = new CompactionSchedule(log, () => catalog.snapshot(), options.compactSlackBytes ?? COMPACT_SLACK_BYTES_DEFAULT, say);
+    this.commitTimer = new CommitTimer(options.clock, () => this.commit(), say);
   }
 
   /** Opens the log at `path` and replays it into `catalog` (which must be empty). */
@@ -104,7 +99,7 @@ export class TablesLog {
     } finally {
       this.persisting -= 1;
     }
-    this.maybeCompact();
+    this.compactIfDue();
     return freed;
   }
 
@@ -112,11 +107,8 @@ export class TablesLog {
   record(records: LogRecord[]): number {
     const freed = this.change(records);
     assert(freed.length === 0, "uncommitted records must not free segments");
-    this.cancelCommit ??= this.options.clock.after(BACKGROUND_COMMIT_MS, () => {
-      this.cancelCommit = null;
-      this.commit().catch((error: Error) => this.options.say(`background commit failed: ${error.message}`));
-    });
-    this.maybeCompact();
+    this.commitTimer.arm();
+    this.compactIfDue();
     return this.log.appendedRecords;
   }
 
@@ -138,12 +130,12 @@ export class TablesLog {
    *  made from now on, whatever of its code still runs. */
   halt(why: string): void {
     this.stopped ??= new RequestError("EIO", why);
-    this.cancelCommit?.();
+    this.commitTimer.cancel();
   }
 
   async close(): Promise<void> {
-    this.cancelCommit?.();
-    await this.compacting;
+    this.commitTimer.cancel();
+    await this.compaction.running;
     await this.log.close();
   }
 
@@ -172,37 +164,18 @@ export class TablesLog {
       this.full = true;
       this.options.say(`log: read-only for changes: ${error.message}`);
     }
-    // What compaction drops from the log frees space on the same file system.
-    if (this.log.sizeBytes > this.compactedBytes && this.log.sizeBytes !== this.compactionFailedAt) this.compact();
+    if (!this.stopped) this.compaction.whenFull();
     throw new RequestError("ENOSPC", `the controller is read-only for changes: ${error.message}`);
   }
 
-  /** Compacts once the log has grown by its compacted size or the slack, whichever is more. */
-  private maybeCompact(): void {
-    const slack = this.options.compactSlackBytes ?? COMPACT_SLACK_BYTES_DEFAULT;
-    if (this.log.sizeBytes >= this.compactedBytes + Math.max(this.compactedBytes, slack)) this.compact();
-  }
-
-  private compact(): void {
-    if (this.compacting || this.stopped) return;
-    this.compacting = this.log
-      .compact(this.catalog.snapshot())
-      .then(() => {
-        this.compactedBytes = this.log.sizeBytes;
-      })
-      .catch((error: Error) => {
-        this.compactionFailedAt = this.log.sizeBytes;
-        this.options.say(`log compaction failed: ${error.message}`);
-      })
-      .finally(() => {
-        this.compacting = null;
-      });
+  private compactIfDue(): void {
+    if (!this.stopped) this.compaction.afterChange();
   }
 
   private fail(error: Error): void {
     if (this.stopped) return;
     this.stopped = new RequestError("EIO", `the controller has stopped: ${error.message}; a restart recovers what was committed`);
-    this.cancelCommit?.();
+    this.commitTimer.cancel();
     // The requests that failed with it are answered first (their answers go out on the next
     // turns of the event loop), so agents and ctl hear why rather than see a connection drop.
     const stopped = this.stopped;

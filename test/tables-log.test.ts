@@ -9,7 +9,8 @@ import { compactionBytesBound, growthBytesBound } from "../engine/compaction-bou
 import { encodePayload, frameRecords } from "../engine/log/record.ts";
 import { nodeLogIo } from "../engine/log/log-io.ts";
 import { monotonicClock } from "../engine/agent-link.ts";
-import { COMPACT_SLACK_BYTES_DEFAULT, TablesLog } from "../engine/tables-log.ts";
+import { TablesLog } from "../engine/tables-log.ts";
+import { COMPACT_SLACK_BYTES_DEFAULT } from "../engine/compaction-schedule.ts";
 import { mappedWord } from "../wasm/entry.ts";
 import { randomInt, seededRandom, TempDirs } from "./log-helpers.ts";
 
