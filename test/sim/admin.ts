@@ -14,6 +14,8 @@ import type { Trace } from "./trace.ts";
 const DISKS_MAX = 10;
 const DISK_SEGMENTS_MIN = 4;
 const DISK_SEGMENTS_MAX = 12;
+/** How long the administrator waits before trying a failed repair of its own mistake again. */
+const RETRY_MS = 100;
 
 export type Outcome = { kind: "ok" } | { kind: "error"; message: string } | { kind: "crashed" } | { kind: "down" };
 
@@ -39,8 +41,8 @@ export interface AdminEnv {
   control: ControlPlane;
 }
 
-type AdminOp = "create" | "snapshot" | "group" | "rollback" | "delete" | "move";
-const OP_WEIGHTS: Record<AdminOp, number> = { create: 10, snapshot: 30, group: 10, rollback: 12, delete: 15, move: 10 };
+type AdminOp = "create" | "snapshot" | "group" | "rollback" | "delete" | "move" | "present";
+const OP_WEIGHTS: Record<AdminOp, number> = { create: 10, snapshot: 30, group: 10, rollback: 12, delete: 15, move: 10, present: 16 };
 
 export class Admin {
   private stopped = false;
@@ -110,6 +112,8 @@ export class Admin {
         return this.delete();
       case "move":
         return this.move();
+      case "present":
+        return this.present();
     }
   }
 
@@ -130,13 +134,52 @@ export class Admin {
     const candidates = disks.usable().filter((disk) => disk.writable);
     if (candidates.length === 0) return;
     const disk = random.pick(candidates);
-    const to = random.pick(this.env.hosts);
+    const presenting = this.env.hosts.filter((host) => disk.presentedTo(host));
+    if (presenting.length === 0) return;
+    const to = random.pick(presenting);
     await disks.move(disk, to, scheduler, life);
     this.env.trace.note(`admin: writes to ${disk.name} move to ${to}`);
   }
 
+  /** Exports a disk to one more agent, or unexports it from one that its writer does not use
+   *  (some agent always presents it). Hosts stop using an agent before it may lose the disk and
+   *  start once it surely has it. */
+  private async present(): Promise<void> {
+    const { random, disks } = this.env;
+    const candidates = disks.usable();
+    if (candidates.length === 0) return;
+    const partial = candidates.filter((candidate) => candidate.exportedTo !== null && candidate.exportedTo.size < this.env.hosts.length);
+    const disk = random.pick(partial.length > 0 && random.chance(0.5) ? partial : candidates);
+    const absent = this.env.hosts.filter((other) => !disk.presentedTo(other));
+    const host = absent.length > 0 && random.chance(0.6) ? random.pick(absent) : random.pick(this.env.hosts);
+    const add = !disk.presentedTo(host);
+    const presenting = this.env.hosts.filter((other) => disk.presentedTo(other));
+    if (!add && (host === disk.writer || disk.writer === null || presenting.length <= 1)) return;
+    // A disk without a list unexported from one agent stays on the agents registered now: not on
+    // one fenced meanwhile.
+    const registered = (await this.env.control.live()).agents.ids();
+    if (!add && disk.exportedTo === null && this.env.hosts.some((other) => !registered.includes(other))) return;
+    if (!add) disk.exportedTo = new Set(presenting.filter((other) => other !== host));
+    const outcome = await this.env.control.call((controller) => controller.request(add ? "disk.export" : "disk.unexport", { name: disk.name, agent: host }));
+    this.note(`${add ? "export" : "unexport"} ${disk.name} ${add ? "to" : "from"} ${host}`, outcome);
+    if (outcome.kind === "down") return;
+    // Hosts use the agents the controller's list names, as far as the workload knew them before.
+    const listed = (await this.env.control.live()).catalog.diskByName(disk.name)?.exports;
+    if (!listed) return;
+    const before = this.env.hosts.filter((other) => disk.presentedTo(other) || (add && outcome.kind === "ok" && other === host));
+    disk.exportedTo = new Set(before.filter((other) => listed.includes(other)));
+    // An agent fenced meanwhile left it on none: export it again, as its operator would.
+    while (disk.exportedTo.size === 0) {
+      const again = await this.env.control.call((controller) => controller.request("disk.export", { name: disk.name, agent: host, force: true }));
+      this.note(`export ${disk.name} to ${host} (it was on no agent)`, again);
+      if (again.kind === "ok") disk.exportedTo.add(host);
+      else await this.env.scheduler.sleep(RETRY_MS, this.env.life);
+    }
+  }
+
   private register(disk: DiskInfo): void {
-    if (disk.writable) disk.writer = this.env.random.pick(this.env.hosts);
+    const presenting = this.env.hosts.filter((host) => disk.presentedTo(host));
+    if (disk.writable && presenting.length > 0) disk.writer = this.env.random.pick(presenting);
     this.env.disks.add(disk);
   }
 
@@ -216,7 +259,10 @@ export class Admin {
 
   private addCopy(source: DiskInfo, window: CopyWindow, name: string, frozen: boolean): void {
     const model = this.env.model.addCopy(window, name);
-    this.register(new DiskInfo(model, source.segmentShift, source.family, !frozen));
+    const copy = new DiskInfo(model, source.segmentShift, source.family, !frozen);
+    // A snapshot is presented where its source is.
+    copy.exportedTo = source.exportedTo && new Set(source.exportedTo);
+    this.register(copy);
   }
 
   /** After an operation that did not say "ok": does disk `name` exist now? */

@@ -17,6 +17,9 @@ export class DiskInfo {
   /** The host that writes to it (a VM's disk is attached to one host at a time); null while it
    *  moves. Any host may read. */
   writer: string | null = null;
+  /** The agents hosts may reach it through (null: every agent). The controller may present it on
+   *  more (an export whose answer was lost), never on fewer. */
+  exportedTo: Set<string> | null = null;
   private readonly locked: Uint8Array;
 
   constructor(
@@ -44,6 +47,10 @@ export class DiskInfo {
 
   get segmentBlocks(): number {
     return 2 ** this.segmentShift / BLOCK_BYTES;
+  }
+
+  presentedTo(host: string): boolean {
+    return this.exportedTo === null || this.exportedTo.has(host);
   }
 
   /** Locks blocks [first, first+count) for a write; false if any is taken. */
@@ -75,9 +82,15 @@ export class DiskRegistry {
     return [...this.disks.values()];
   }
 
-  /** Disks hosts may use now: to read, or to write from `writer` (any host: "*"). */
-  usable(writer?: string): DiskInfo[] {
-    return this.all().filter((disk) => !disk.paused && (writer === undefined || (disk.writable && (writer === "*" || disk.writer === writer))));
+  /** Disks hosts may use now: to read, or to write from `writer` (any host: "*"); through the
+   *  agent of host `through` if given. */
+  usable(writer?: string, through?: string): DiskInfo[] {
+    return this.all().filter(
+      (disk) =>
+        !disk.paused &&
+        (writer === undefined || (disk.writable && (writer === "*" || disk.writer === writer))) &&
+        (through === undefined || disk.presentedTo(through)),
+    );
   }
 
   newName(prefix: string): string {

@@ -71,7 +71,7 @@ export class Hosts {
 
   private async finalRead(disk: DiskInfo, first: number, count: number, random: Random): Promise<void> {
     for (let tries = 0; tries < FINAL_READ_TRIES_MAX; tries += 1) {
-      const up = this.env.agents.filter((agent) => agent.isUp);
+      const up = this.env.agents.filter((agent) => agent.isUp && disk.presentedTo(agent.host));
       if (up.length > 0 && (await this.read(random.pick(up), disk, first, count))) return;
       await this.env.scheduler.sleep(FINAL_READ_RETRY_MS, this.env.life);
     }
@@ -87,7 +87,7 @@ export class Hosts {
       const zombie = random.chance(0.3) ? this.zombieSegment(agent) : undefined;
       const op = zombie ? "trim" : random.weighted(OP_WEIGHTS);
       const writes = op !== "read";
-      const disk = zombie?.disk ?? this.pickDisk(writes ? this.writerName(agent) : undefined);
+      const disk = zombie?.disk ?? this.pickDisk(writes ? this.writerName(agent) : undefined, agent.host);
       if (!disk) continue;
       const request = `${op} ${disk.name} through ${agent.host} since ${scheduler.now.toFixed(3)}`;
       this.inFlight.add(request);
@@ -108,14 +108,14 @@ export class Hosts {
     return this.env.sharedWriters ? "*" : agent.host;
   }
 
-  private pickDisk(writer: string | undefined): DiskInfo | undefined {
-    const usable = this.env.disks.usable(writer);
+  private pickDisk(writer: string | undefined, through: string): DiskInfo | undefined {
+    const usable = this.env.disks.usable(writer, through);
     return usable.length > 0 ? this.env.random.pick(usable) : undefined;
   }
 
   /** A segment an unmap of which failed: TRIM it again, so the model may stop expecting zeros. */
   private zombieSegment(agent: SimAgent): { disk: DiskInfo; segment: number } | undefined {
-    for (const disk of this.env.disks.usable(this.writerName(agent))) {
+    for (const disk of this.env.disks.usable(this.writerName(agent), agent.host)) {
       const index = disk.model.blocks.findIndex((block) => block.zombieZero);
       if (index >= 0) return { disk, segment: Math.floor(index / disk.segmentBlocks) };
     }

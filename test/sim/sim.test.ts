@@ -17,6 +17,8 @@ const COVERED = [
   "admin rollback ok",
   "admin delete ok",
   "admin create ok",
+  "admin export ok",
+  "admin unexport ok",
   "admin snapshot crashed",
   "copy-on-write copy",
   "segment zeroed for reuse",
