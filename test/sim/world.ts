@@ -21,6 +21,8 @@ import type { Trace } from "./trace.ts";
 /** The agents' lease: short, so lapses and fencing happen within a run. */
 export const LEASE_MS = 400;
 const COMPACT_AT_START_PROBABILITY = 0.3;
+/** How long after an agent process exits its supervisor starts it again. */
+const SUPERVISOR_RESTART_MS = 500;
 
 export interface WorldParts {
   scheduler: Scheduler;
@@ -92,7 +94,7 @@ export class World implements Chaos, ControlPlane {
   }
 
   addAgent(host: string, tables: SharedTables): void {
-    const { scheduler, random, trace, network, storage, canary } = this.parts;
+    const { scheduler, random, trace, network, storage, canary, containers } = this.parts;
     const env = {
       scheduler,
       random,
@@ -100,12 +102,17 @@ export class World implements Chaos, ControlPlane {
       network,
       storage,
       leaseMs: LEASE_MS,
-      dropWrites: canary === "ack-unwritten",
-      ignoreChangeOrder: canary === "ignore-change-order",
+      canary,
+      containerAt: (path: string) => containers.find((spec) => spec.path === path)?.id,
       registered: () => {
         // Once every running agent has registered with the new controller, none can still use a
         // mapping the crashed one had not committed.
         if (this.controller && this.agents.every((agent) => !agent.isUp || agent.isRegistered)) this.parts.model.controllerLossesSettled();
+      },
+      exited: () => {
+        trace.count("agent refused for good");
+        this.parts.model.agentProcessCrashed(host);
+        scheduler.after(SUPERVISOR_RESTART_MS, this.life, () => this.startAgent(host));
       },
     };
     this.agents.push(new SimAgent(host, env, tables));
