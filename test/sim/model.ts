@@ -285,9 +285,16 @@ export class Model {
 }
 
 /** The write at `index` of the block's recent writes (none if negative) is durable: it is the
- *  base now, and the writes before it no longer matter. */
+ *  base now, and the writes before it no longer matter. If it is the last write, with none in
+ *  flight and no unmap that may still land, it is all a read may return from now on (a crash
+ *  before may have left more values possible: a lost mapping would show here). */
 function settleDurable(block: Block, index: number): void {
   if (index < 0) return;
-  block.base = new Set([block.recent[index]!.tag]);
+  const { tag } = block.recent[index]!;
+  block.base = new Set([tag]);
   block.recent = block.recent.slice(index + 1);
+  if (block.recent.length > 0 || block.writing > 0 || block.zombieZero) return;
+  block.current = new Set([tag]);
+  // A read in progress may have begun while more was possible: it must not narrow it back.
+  block.changes += 1;
 }
