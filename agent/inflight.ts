@@ -19,6 +19,10 @@
 // more than LANES tables) wait for each other's I/O too: longer, never shorter.
 //
 //   Int32Array, one cache line per lane: [ epoch | waiters | bucket 0 | bucket 1 | padding ]
+//
+// How a drain waits is a parameter: on shared memory with real timeouts in production, by
+// simulated time in a simulator, which then runs this same epoch logic.
+import { monotonicClock, type LeaseClock } from "../engine/agent-link.ts";
 import { assert } from "../engine/util/assert.ts";
 
 export const INFLIGHT_LANES = 4096;
@@ -28,6 +32,17 @@ const WAITERS = 1;
 const BUCKETS = 2;
 /** Waits are done in slices so a thread that never notifies cannot hang a drain forever. */
 const WAIT_SLICE_MS = 50;
+
+/** How a drain waits: for a bucket's count to change, and for its time limit. */
+export interface DrainWaits extends Pick<LeaseClock, "after"> {
+  /** Resolves once `cells[index]` may no longer hold `value`, or after a while anyway. */
+  whileHolds(cells: Int32Array, index: number, value: number): Promise<unknown>;
+}
+
+export const atomicWaits: DrainWaits = {
+  whileHolds: async (cells, index, value) => Atomics.waitAsync(cells, index, value, WAIT_SLICE_MS).value,
+  after: monotonicClock.after,
+};
 
 /** The drains of one lane: while one waits, the lane's two buckets are both in use. */
 interface LaneDrains {
@@ -39,17 +54,20 @@ export class InflightTracker {
   /** Lanes with a drain in progress (main thread). */
   private readonly draining = new Map<number, LaneDrains>();
 
-  protected constructor(readonly buffer: SharedArrayBuffer) {
+  protected constructor(
+    readonly buffer: SharedArrayBuffer,
+    private readonly waits: DrainWaits = atomicWaits,
+  ) {
     this.cells = new Int32Array(buffer);
   }
 
-  static create(): InflightTracker {
-    return new InflightTracker(new SharedArrayBuffer(INFLIGHT_LANES * LANE_CELLS * 4));
+  static create(waits: DrainWaits = atomicWaits): InflightTracker {
+    return new InflightTracker(new SharedArrayBuffer(INFLIGHT_LANES * LANE_CELLS * 4), waits);
   }
 
-  static attach(buffer: SharedArrayBuffer): InflightTracker {
+  static attach(buffer: SharedArrayBuffer, waits: DrainWaits = atomicWaits): InflightTracker {
     assert(buffer.byteLength === INFLIGHT_LANES * LANE_CELLS * 4, "not an in-flight tracker's buffer");
-    return new InflightTracker(buffer);
+    return new InflightTracker(buffer, waits);
   }
 
   /** Marks an I/O to the table in `slot` as started, before its lookup; returns the token for `end`. */
@@ -87,12 +105,12 @@ export class InflightTracker {
 
   /** Drains every slot of `slots`, giving up after `timeoutMs`: true when everything in flight has ended. */
   async drainWithin(slots: number[], timeoutMs: number): Promise<boolean> {
-    let timer: Timer | undefined;
-    const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+    let cancel: (() => void) | undefined;
+    const timedOut = new Promise<false>((resolve) => (cancel = this.waits.after(timeoutMs, () => resolve(false))));
     try {
       return await Promise.race([Promise.all(slots.map((slot) => this.drain(slot))).then(() => true), timedOut]);
     } finally {
-      clearTimeout(timer);
+      cancel?.();
     }
   }
 
@@ -119,7 +137,7 @@ export class InflightTracker {
       for (;;) {
         const count = Atomics.load(this.cells, cell);
         if (count === 0) return;
-        await Atomics.waitAsync(this.cells, cell, count, WAIT_SLICE_MS).value;
+        await this.waits.whileHolds(this.cells, cell, count);
       }
     } finally {
       Atomics.sub(this.cells, lane + WAITERS, 1);

@@ -70,11 +70,22 @@ export type CommitSender = (disk: number, era: number) => Promise<void>;
 /** Told when a host connection opens (+1) or closes (-1) an export of `disk`. */
 export type OpenCounter = (disk: number, delta: 1 | -1) => void;
 
+export interface BackendOptions {
+  /** Requests of at least this many bytes move their data on the I/O thread pool (default
+   *  POOL_TRANSFER_BYTES_MIN; a simulator sets it low, so that its storage delays land there). */
+  poolTransferBytesMin?: number;
+  /** A simulator's deliberate break: how a FUA write has the mapping changes it relied on
+   *  committed (by default as a FLUSH does, through sendCommit). */
+  sendFuaCommit?: CommitSender;
+}
+
 export class MappedBackend implements NbdBackend {
   private readonly byName = new Map<string, ExportEntry>();
   private readonly byDisk = new Map<number, ExportEntry>();
 
   private gateWaiters: (() => void)[] = [];
+  readonly poolTransferBytesMin: number;
+  readonly sendFuaCommit: CommitSender;
 
   constructor(
     readonly tables: SharedTables,
@@ -85,7 +96,11 @@ export class MappedBackend implements NbdBackend {
     readonly sendFault: FaultSender,
     readonly sendCommit: CommitSender,
     readonly countOpen: OpenCounter,
-  ) {}
+    options: BackendOptions = {},
+  ) {
+    this.poolTransferBytesMin = options.poolTransferBytesMin ?? POOL_TRANSFER_BYTES_MIN;
+    this.sendFuaCommit = options.sendFuaCommit ?? sendCommit;
+  }
 
   /** Resolves at the next activate (the caller then looks at its gate again). */
   gateOpened(): Promise<void> {
@@ -161,7 +176,7 @@ class MappedExport implements ExportHandle {
   read(offset: number, into: Uint8Array): Uint32Array | undefined | Promise<Uint32Array | undefined> {
     return this.run(OP_READ, offset, into.length, () => {
       const { tables, files } = this.backend;
-      const onPool = into.length >= POOL_TRANSFER_BYTES_MIN;
+      const onPool = into.length >= this.backend.poolTransferBytesMin;
       const transfers: Promise<void>[] = [];
       let holes: number[] | null = null;
       let at = 0;
@@ -189,7 +204,7 @@ class MappedExport implements ExportHandle {
   private writeData(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
     return this.run(OP_WRITE, offset, data.length, () => {
       const { tables, files } = this.backend;
-      const onPool = data.length >= POOL_TRANSFER_BYTES_MIN;
+      const onPool = data.length >= this.backend.poolTransferBytesMin;
       const transfers: Promise<void>[] = [];
       const toSync = fua ? new Set<number>() : null;
       let at = 0;
@@ -218,7 +233,7 @@ class MappedExport implements ExportHandle {
     if (!fua) return done;
     return chain(
       () => done,
-      () => this.backend.sendCommit(this.disk, this.era),
+      () => this.backend.sendFuaCommit(this.disk, this.era),
     );
   }
 

@@ -9,7 +9,10 @@
 // callback queue a native task whose pread/pwrite runs in native code), so for pool transfers the
 // check is the last thing before the task is queued; what remains is the task's wait in the pool's
 // queue, which the controller's fencing grace after the lease covers.
-import { existsSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
+//
+// The raw calls (open, pread, pwrite, on the pool or not, fdatasync, close) are a parameter:
+// node:fs in production, a simulator's storage in the simulator.
+import { closeSync, existsSync, fdatasyncSync, openSync, readSync, writeSync } from "node:fs";
 import { PoolTransfers, readOnPool, writeOnPool } from "../engine/util/pool-transfers.ts";
 import { NbdError } from "./nbd/backend.ts";
 import type { ContainerEntry } from "./thread-messages.ts";
@@ -18,6 +21,30 @@ import type { ContainerEntry } from "./thread-messages.ts";
 export interface LeaseCheck {
   valid(): boolean;
 }
+
+/** The calls on container files, on descriptors as node:fs numbers them. Reads return the bytes
+ *  read (0 at the end of the file), writes the bytes written; failures throw. */
+export interface FileCalls {
+  open(path: string): number;
+  read(fd: number, into: Uint8Array, at: number, length: number, position: number): number;
+  write(fd: number, data: Uint8Array, at: number, length: number, position: number): number;
+  /** `read` on the runtime's I/O thread pool. */
+  readOnPool(fd: number, into: Uint8Array, at: number, length: number, position: number): Promise<number>;
+  /** `write` on the runtime's I/O thread pool. */
+  writeOnPool(fd: number, data: Uint8Array, at: number, length: number, position: number): Promise<number>;
+  fdatasync(fd: number): void;
+  close(fd: number): void;
+}
+
+export const nodeFiles: FileCalls = {
+  open: (path) => openSync(path, "r+"),
+  read: readSync,
+  write: writeSync,
+  readOnPool,
+  writeOnPool,
+  fdatasync: fdatasyncSync,
+  close: closeSync,
+};
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
@@ -39,14 +66,17 @@ export class ContainerFiles {
   private readonly paths = new Map<number, string>();
   private readonly epochs = new Map<number, number>();
   private readonly fds = new Map<number, number>();
-  private readonly pool = new PoolTransfers();
+  private readonly pool: PoolTransfers;
   private zeroChunk: Uint8Array | null = null;
 
   /** `onError` hears of every failed storage operation (the caller gets an EIO NbdError). */
   constructor(
     private readonly onError: (container: number, message: string) => void,
     private readonly lease: LeaseCheck,
-  ) {}
+    private readonly calls: FileCalls = nodeFiles,
+  ) {
+    this.pool = new PoolTransfers((fd) => calls.close(fd));
+  }
 
   update(containers: ContainerEntry[]): void {
     for (const { id, path, epoch } of containers) {
@@ -65,7 +95,7 @@ export class ContainerFiles {
     let done = 0;
     while (done < length) {
       this.checkLease();
-      const got = this.io(container, () => readSync(fd, into, at + done, length - done, position + done));
+      const got = this.io(container, () => this.calls.read(fd, into, at + done, length - done, position + done));
       if (got === 0) {
         // Past the end of a container file reads as zeros (it may be sparse and shorter).
         into.fill(0, at + done, at + length);
@@ -81,7 +111,7 @@ export class ContainerFiles {
     let done = 0;
     while (done < length) {
       this.checkLease();
-      done += this.io(container, () => writeSync(fd, data, at + done, length - done, position + done));
+      done += this.io(container, () => this.calls.write(fd, data, at + done, length - done, position + done));
     }
   }
 
@@ -93,7 +123,7 @@ export class ContainerFiles {
       let done = 0;
       while (done < length) {
         this.checkLease();
-        const got = await this.ioOnPool(container, readOnPool(fd, into, at + done, length - done, position + done));
+        const got = await this.ioOnPool(container, this.calls.readOnPool(fd, into, at + done, length - done, position + done));
         if (got === 0) {
           into.fill(0, at + done, at + length);
           return;
@@ -111,7 +141,7 @@ export class ContainerFiles {
       let done = 0;
       while (done < length) {
         this.checkLease();
-        done += await this.ioOnPool(container, writeOnPool(fd, data, at + done, length - done, position + done));
+        done += await this.ioOnPool(container, this.calls.writeOnPool(fd, data, at + done, length - done, position + done));
       }
     });
   }
@@ -127,7 +157,7 @@ export class ContainerFiles {
 
   sync(container: number): void {
     const fd = this.fd(container);
-    this.io(container, () => fdatasyncSync(fd));
+    this.io(container, () => this.calls.fdatasync(fd));
   }
 
   /** Makes every write this thread has done durable (FLUSH). Writes by other threads to the same
@@ -151,7 +181,7 @@ export class ContainerFiles {
     if (fd === undefined) {
       const path = this.paths.get(container);
       if (path === undefined) throw new NbdError("EIO", `storage container ${container} is unknown to this agent`);
-      fd = this.io(container, () => openSync(path, "r+"));
+      fd = this.io(container, () => this.calls.open(path));
       this.fds.set(container, fd);
     }
     return fd;

@@ -8,6 +8,8 @@ export class PoolTransfers {
   private readonly inFlight = new Map<number, number>();
   private readonly closeWhenIdle = new Set<number>();
 
+  constructor(private readonly closeFd: (fd: number) => void = closeSync) {}
+
   /** Runs `work`, whose pool transfers (`read`, `write`) use `fds`: none of them is closed before it ends. */
   async using<T>(fds: number[], work: () => Promise<T>): Promise<T> {
     for (const fd of fds) {
@@ -24,7 +26,7 @@ export class PoolTransfers {
   /** Closes `fd` now, or when the last work using it ends. */
   close(fd: number): void {
     if (this.inFlight.has(fd)) this.closeWhenIdle.add(fd);
-    else closeSync(fd);
+    else this.closeFd(fd);
   }
 
   private ended(fd: number): void {
@@ -35,7 +37,7 @@ export class PoolTransfers {
       return;
     }
     this.inFlight.delete(fd);
-    if (this.closeWhenIdle.delete(fd)) closeSync(fd);
+    if (this.closeWhenIdle.delete(fd)) this.closeFd(fd);
   }
 }
 

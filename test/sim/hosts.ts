@@ -1,7 +1,9 @@
-// The hosts: each agent's host runs a few streams of random requests (writes, reads, flushes,
-// TRIMs, WRITE_ZEROES) against the disks, through its agent, and every answer goes through the
-// model. A read that returns what the model does not allow is a violation.
-import type { SimAgent } from "./agent.ts";
+// The hosts: each agent's host runs a few streams of random requests (writes, some FUA, reads,
+// flushes, TRIMs, WRITE_ZEROES) against the disks, through its agent, and every answer goes
+// through the model. A read that returns what the model does not allow is a violation. Each
+// stream holds a connection per disk (an export handle of the agent), opened when first needed,
+// opened again once its agent incarnation has died or a FLUSH on it failed.
+import type { HostConnection, SimAgent } from "./agent.ts";
 import type { DiskInfo, DiskRegistry } from "./disks.ts";
 import type { Model } from "./model.ts";
 import type { Random } from "./random.ts";
@@ -13,6 +15,8 @@ const WRITE_BLOCKS_MAX = 4;
 /** Tries of one final read before the disk counts as unreadable (a liveness failure). */
 const FINAL_READ_TRIES_MAX = 20;
 const FINAL_READ_RETRY_MS = 200;
+/** The share of writes and WRITE_ZEROES sent with FUA. */
+const FUA_PROBABILITY = 0.2;
 
 export interface HostsEnv {
   scheduler: Scheduler;
@@ -72,7 +76,12 @@ export class Hosts {
   private async finalRead(disk: DiskInfo, first: number, count: number, random: Random): Promise<void> {
     for (let tries = 0; tries < FINAL_READ_TRIES_MAX; tries += 1) {
       const up = this.env.agents.filter((agent) => agent.isUp && disk.presentedTo(agent.host));
-      if (up.length > 0 && (await this.read(random.pick(up), disk, first, count))) return;
+      const connection = up.length > 0 ? random.pick(up).connect(disk.name) : null;
+      if (connection) {
+        const read = await this.read(connection, disk, first, count);
+        connection.close();
+        if (read) return;
+      }
       await this.env.scheduler.sleep(FINAL_READ_RETRY_MS, this.env.life);
     }
     this.env.violation(`disk ${disk.name} blocks ${first}..${first + count - 1} cannot be read after the faults healed`);
@@ -80,6 +89,7 @@ export class Hosts {
 
   private async stream(agent: SimAgent): Promise<void> {
     const { scheduler, random, life } = this.env;
+    const connections = new Map<string, HostConnection>();
     while (!this.stopped) {
       await scheduler.sleep(random.chance(0.1) ? random.between(5, 40) : random.between(0, 2), life);
       // A host reconnects (and opens its exports) once its agent is registered.
@@ -89,18 +99,33 @@ export class Hosts {
       const writes = op !== "read";
       const disk = zombie?.disk ?? this.pickDisk(writes ? this.writerName(agent) : undefined, agent.host);
       if (!disk) continue;
+      const connection = this.connection(agent, connections, disk);
+      if (!connection) continue;
       const request = `${op} ${disk.name} through ${agent.host} since ${scheduler.now.toFixed(3)}`;
       this.inFlight.add(request);
       disk.busy += 1;
       if (writes) disk.writing += 1;
       try {
-        await this.perform(agent, op, disk, zombie?.segment);
+        if (!(await this.perform(connection, op, disk, zombie?.segment))) {
+          connections.delete(disk.name);
+          connection.close();
+        }
       } finally {
         if (writes) disk.writing -= 1;
         disk.busy -= 1;
         this.inFlight.delete(request);
       }
     }
+  }
+
+  /** The stream's connection to `disk` through `agent`, opened if it has none that lives. */
+  private connection(agent: SimAgent, connections: Map<string, HostConnection>, disk: DiskInfo): HostConnection | null {
+    const open = connections.get(disk.name);
+    if (open?.alive) return open;
+    const connection = agent.connect(disk.name);
+    if (connection) connections.set(disk.name, connection);
+    else connections.delete(disk.name);
+    return connection;
   }
 
   /** Whose writes `agent`'s host may make: its own disks', or any disk's. */
@@ -122,82 +147,88 @@ export class Hosts {
     return undefined;
   }
 
-  private async perform(agent: SimAgent, op: HostOp, disk: DiskInfo, segment?: number): Promise<void> {
+  /** Performs one request on `connection`; false if the connection is to be dropped (a FLUSH on
+   *  it failed: writes acknowledged on it may be lost, and a new one starts afresh). */
+  private async perform(connection: HostConnection, op: HostOp, disk: DiskInfo, segment?: number): Promise<boolean> {
     const { random } = this.env;
     switch (op) {
       case "read": {
         const first = random.int(0, disk.blockCount - 1);
-        await this.read(agent, disk, first, Math.min(random.int(1, 2 * disk.segmentBlocks), disk.blockCount - first));
-        return;
+        await this.read(connection, disk, first, Math.min(random.int(1, 2 * disk.segmentBlocks), disk.blockCount - first));
+        return true;
       }
       case "write": {
         const whole = random.chance(0.2);
         const first = whole ? random.int(0, disk.blockCount / disk.segmentBlocks - 1) * disk.segmentBlocks : random.int(0, disk.blockCount - 1);
         const count = whole ? disk.segmentBlocks : Math.min(random.int(1, WRITE_BLOCKS_MAX), disk.blockCount - first);
-        await this.write(agent, disk, first, count, false);
-        return;
+        await this.write(connection, disk, first, count, false);
+        return true;
       }
       case "zero": {
         // Inside one segment and shorter than it: zeros written through the data path.
         const start = random.int(0, disk.blockCount / disk.segmentBlocks - 1) * disk.segmentBlocks;
         const first = start + random.int(0, disk.segmentBlocks - 2);
-        await this.write(agent, disk, first, random.int(1, start + disk.segmentBlocks - first - 1), true);
-        return;
+        await this.write(connection, disk, first, random.int(1, start + disk.segmentBlocks - first - 1), true);
+        return true;
       }
       case "trim": {
         const segments = disk.blockCount / disk.segmentBlocks;
         const from = segment ?? random.int(0, segments - 1);
-        await this.trim(agent, disk, from, Math.min(segment === undefined ? random.int(1, 2) : 1, segments - from));
-        return;
+        await this.trim(connection, disk, from, Math.min(segment === undefined ? random.int(1, 2) : 1, segments - from));
+        return true;
       }
       case "flush": {
         const mark = this.env.model.flushMark();
-        const outcome = await settle(agent.flush(disk.name));
-        this.note(`host ${agent.host}: flush ${disk.name}: ${outcome}`, "flush", outcome);
-        if (outcome === "ok") this.env.model.flushed(disk.model, agent.host, mark);
-        return;
+        const outcome = await settle(connection.flush());
+        this.note(`host ${connection.id}: flush ${disk.name}: ${outcome}`, "flush", outcome);
+        if (outcome === "ok") this.env.model.flushed(disk.model, connection.id, mark);
+        return outcome === "ok";
       }
     }
   }
 
   /** Reads blocks and checks them against the model; false if the read failed. */
-  private async read(agent: SimAgent, disk: DiskInfo, first: number, count: number): Promise<boolean> {
+  private async read(connection: HostConnection, disk: DiskInfo, first: number, count: number): Promise<boolean> {
     const window = this.env.model.beginRead(disk.model, first, count);
     let values: number[];
     try {
-      values = await agent.read(disk.name, first * BLOCK_BYTES, count * BLOCK_BYTES);
+      values = await connection.read(first * BLOCK_BYTES, count * BLOCK_BYTES);
     } catch (error) {
-      this.note(`host ${agent.host}: read ${disk.name}[${first}+${count}]: ${(error as Error).message}`, "read", "failed");
+      this.note(`host ${connection.id}: read ${disk.name}[${first}+${count}]: ${(error as Error).message}`, "read", "failed");
       return false;
     }
-    this.note(`host ${agent.host}: read ${disk.name}[${first}+${count}] = ${values.join(",")}`, "read", "ok");
+    this.note(`host ${connection.id}: read ${disk.name}[${first}+${count}] = ${values.join(",")}`, "read", "ok");
     const violation = this.env.model.checkRead(window, values);
-    if (violation) this.env.violation(`${violation} (read through ${agent.host})`);
+    if (violation) this.env.violation(`${violation} (read through ${connection.id})`);
     return true;
   }
 
-  private async write(agent: SimAgent, disk: DiskInfo, first: number, count: number, zeros: boolean): Promise<void> {
+  private async write(connection: HostConnection, disk: DiskInfo, first: number, count: number, zeros: boolean): Promise<void> {
     if (!disk.tryLock(first, count)) return;
+    const op = zeros ? "zero" : "write";
+    const fua = this.env.random.chance(FUA_PROBABILITY);
     const tags = Array.from({ length: count }, () => (zeros ? 0 : this.nextTag++));
-    this.env.trace.note(`host ${agent.host}: ${zeros ? "zero" : "write"} ${disk.name}[${first}+${count}] begins`);
-    const pending = this.env.model.beginWrite(disk.model, first, tags, agent.host);
+    const what = `${op}${fua ? " fua" : ""} ${disk.name}[${first}+${count}]`;
+    this.env.trace.note(`host ${connection.id}: ${what} begins`);
+    const pending = this.env.model.beginWrite(disk.model, first, tags, connection.host, connection.id);
     const offset = first * BLOCK_BYTES;
-    const outcome = await settle(zeros ? agent.zero(disk.name, offset, count * BLOCK_BYTES) : agent.write(disk.name, offset, tags));
-    this.env.model.endWrite(pending, outcome === "ok");
+    const outcome = await settle(zeros ? connection.zero(offset, count * BLOCK_BYTES, fua) : connection.write(offset, tags, fua));
+    this.env.model.endWrite(pending, outcome === "ok", fua);
     disk.unlock(first, count);
-    this.note(`host ${agent.host}: ${zeros ? "zero" : "write"} ${disk.name}[${first}+${count}] ${zeros ? "" : tags.join(",")}: ${outcome}`, zeros ? "zero" : "write", outcome);
+    this.note(`host ${connection.id}: ${what} ${zeros ? "" : tags.join(",")}: ${outcome}`, op, outcome);
+    if (fua) this.env.trace.count(`host ${op} fua ${outcome === "ok" ? "ok" : "failed"}`);
   }
 
-  private async trim(agent: SimAgent, disk: DiskInfo, segment: number, segments: number): Promise<void> {
+  private async trim(connection: HostConnection, disk: DiskInfo, segment: number, segments: number): Promise<void> {
     const first = segment * disk.segmentBlocks;
     const count = segments * disk.segmentBlocks;
     if (!disk.tryLock(first, count)) return;
-    this.env.trace.note(`host ${agent.host}: trim ${disk.name} segments ${segment}+${segments} begins`);
+    this.env.trace.note(`host ${connection.id}: trim ${disk.name} segments ${segment}+${segments} begins`);
     const pending = this.env.model.beginUnmap(disk.model, first, count);
-    const outcome = await settle(agent.trim(disk.name, first * BLOCK_BYTES, count * BLOCK_BYTES));
+    const outcome = await settle(connection.trim(first * BLOCK_BYTES, count * BLOCK_BYTES));
     this.env.model.endUnmap(pending, outcome === "ok");
     disk.unlock(first, count);
-    this.note(`host ${agent.host}: trim ${disk.name} segments ${segment}+${segments}: ${outcome}`, "trim", outcome);
+    this.note(`host ${connection.id}: trim ${disk.name} segments ${segment}+${segments}: ${outcome}`, "trim", outcome);
   }
 
   private note(line: string, op: HostOp, outcome: string): void {

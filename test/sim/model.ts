@@ -3,9 +3,11 @@
 //   current  the values a read may return now (more than one while a write is in flight, after a
 //            failed write, or after a crash);
 //   base     the values that may be durable under the writes since;
-//   recent   the writes since base, with the host whose cache holds them until a FLUSH.
-// A FLUSH on a host makes its writes acknowledged before the FLUSH began durable: base becomes the
-// last of them, whatever failed before or after it (NBD's rule). When a host crashes, a block with
+//   recent   the writes since base, with the host whose cache holds them until a FLUSH and the
+//            connection they were made on.
+// A FLUSH on a connection makes the writes acknowledged on it before the FLUSH began durable: base
+// becomes the last of them, whatever failed before or after it (NBD's rule). A FUA write, once
+// acknowledged, is durable as if a FLUSH covering just it followed. When a host crashes, a block with
 // unflushed writes from it may read anything in base or recent. A controller crash may lose the
 // mapping of any unflushed write (reads may show it gone), but its agent hands it back or fails
 // every later FLUSH of the connection: a FLUSH that succeeds still covers it. An agent that dies
@@ -21,6 +23,8 @@ const CRASHED = "";
 interface Write {
   tag: number;
   host: string;
+  /** The host connection it was made on. */
+  connection: string;
   acked: boolean;
   /** Order of acknowledgement, to tell which writes a FLUSH covers. */
   ackOrder: number;
@@ -106,10 +110,10 @@ export class Model {
     this.disks.delete(name);
   }
 
-  beginWrite(disk: ModelDisk, first: number, tags: readonly number[], host: string): PendingWrite {
+  beginWrite(disk: ModelDisk, first: number, tags: readonly number[], host: string, connection: string): PendingWrite {
     const writes = tags.map((tag, i) => {
       const block = disk.block(first + i);
-      const write: Write = { tag, host, acked: false, ackOrder: 0 };
+      const write: Write = { tag, host, connection, acked: false, ackOrder: 0 };
       block.writing += 1;
       block.widenTo([tag]);
       block.recent.push(write);
@@ -118,8 +122,9 @@ export class Model {
     return { disk, first, writes };
   }
 
-  /** The write was acknowledged (ok) or failed (its blocks may hold either value). */
-  endWrite(pending: PendingWrite, ok: boolean): void {
+  /** The write was acknowledged (ok) or failed (its blocks may hold either value); an
+   *  acknowledged FUA write is durable. */
+  endWrite(pending: PendingWrite, ok: boolean, fua = false): void {
     for (const [i, write] of pending.writes.entries()) {
       const block = pending.disk.block(pending.first + i);
       block.writing -= 1;
@@ -130,13 +135,14 @@ export class Model {
       block.current = new Set([write.tag]);
       if (block.zombieZero) block.widenTo([0]);
       if (this.controllerLossPending) block.widenTo(block.afterCrash());
+      if (fua) settleDurable(block, block.recent.indexOf(write));
     }
   }
 
   /** Unmapping whole segments (TRIM): zeros, durable as soon as it is acknowledged; until then a
    *  change of the controller's (its host's crash can undo it). */
   beginUnmap(disk: ModelDisk, first: number, count: number): PendingWrite {
-    return this.beginWrite(disk, first, new Array<number>(count).fill(0), CONTROLLER_HOST);
+    return this.beginWrite(disk, first, new Array<number>(count).fill(0), CONTROLLER_HOST, CONTROLLER_HOST);
   }
 
   endUnmap(pending: PendingWrite, ok: boolean): void {
@@ -159,16 +165,14 @@ export class Model {
     return this.ackOrder;
   }
 
-  /** A FLUSH on `host` began at `mark` and was acknowledged. */
-  flushed(disk: ModelDisk, host: string, mark: number): void {
+  /** A FLUSH on `connection` began at `mark` and was acknowledged. */
+  flushed(disk: ModelDisk, connection: string, mark: number): void {
     for (const block of disk.blocks) {
       let last = -1;
       for (const [i, write] of block.recent.entries()) {
-        if (write.host === host && write.acked && write.ackOrder <= mark) last = i;
+        if (write.connection === connection && write.acked && write.ackOrder <= mark) last = i;
       }
-      if (last < 0) continue;
-      block.base = new Set([block.recent[last]!.tag]);
-      block.recent = block.recent.slice(last + 1);
+      settleDurable(block, last);
     }
   }
 
@@ -278,4 +282,19 @@ export class Model {
     return disk;
   }
 
+}
+
+/** The write at `index` of the block's recent writes (none if negative) is durable: it is the
+ *  base now, and the writes before it no longer matter. If it is the last write, with none in
+ *  flight and no unmap that may still land, it is all a read may return from now on (a crash
+ *  before may have left more values possible: a lost mapping would show here). */
+function settleDurable(block: Block, index: number): void {
+  if (index < 0) return;
+  const { tag } = block.recent[index]!;
+  block.base = new Set([tag]);
+  block.recent = block.recent.slice(index + 1);
+  if (block.recent.length > 0 || block.writing > 0 || block.zombieZero) return;
+  block.current = new Set([tag]);
+  // A read in progress may have begun while more was possible: it must not narrow it back.
+  block.changes += 1;
 }

@@ -49,9 +49,11 @@ export const NO_FAULTS: FaultRates = {
  * acknowledge writes without storing them; "push-over-old-entries" sends a fault's new entries
  * to agents that still hold the old ones (an agent that has not got them yet reads through the
  * old ones while another writes through the new); "ignore-change-order" makes agents apply a
- * fault's answer even when a newer change to the same entries arrived first.
+ * fault's answer even when a newer change to the same entries arrived first; "fua-before-commit"
+ * makes agents answer FUA writes without waiting for the commit of the mapping changes they
+ * relied on.
  */
-export const CANARIES = ["skip-copy", "ack-unwritten", "push-over-old-entries", "ignore-change-order"] as const;
+export const CANARIES = ["skip-copy", "ack-unwritten", "push-over-old-entries", "ignore-change-order", "fua-before-commit"] as const;
 export type Canary = (typeof CANARIES)[number];
 
 export interface SimOptions {

@@ -24,6 +24,7 @@ const COVERED = [
   "segment zeroed for reuse",
   "host write ok",
   "host write failed",
+  "host write fua ok",
   "host trim ok",
   "host zero ok",
   "host flush ok",

@@ -138,14 +138,33 @@ export class SimStorage {
   }
 }
 
+/** Bytes holding `tags`, a block each: the tag as a little-endian uint32 in the first 4 bytes of
+ *  its block, the rest zeros (tag 0 is a block of zeros). */
+export function blocksOf(tags: readonly number[]): Uint8Array {
+  const bytes = new Uint8Array(tags.length * BLOCK_BYTES);
+  putTags(bytes, 0, tags);
+  return bytes;
+}
+
+/** Writes `tags` as blocks (see blocksOf) into `into` from `at` on. */
+export function putTags(into: Uint8Array, at: number, tags: readonly number[]): void {
+  into.fill(0, at, at + tags.length * BLOCK_BYTES);
+  const view = new DataView(into.buffer, into.byteOffset);
+  for (const [i, tag] of tags.entries()) view.setUint32(at + i * BLOCK_BYTES, tag, true);
+}
+
+/** The tags of the `length` bytes of blocks in `bytes` from `at` on (see blocksOf). */
+export function tagsOf(bytes: Uint8Array, at: number, length: number): number[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  return Array.from({ length: length / BLOCK_BYTES }, (_, i) => view.getUint32(at + i * BLOCK_BYTES, true));
+}
+
 /** The I/O one process does: refused once its Life has ended (a dead process does nothing). */
 export class HostStorage {
   constructor(
     readonly storage: SimStorage,
     readonly host: string,
     private readonly life: Life,
-    /** The "ack-unwritten" canary: writes are accepted and dropped. */
-    private readonly dropWrites = false,
   ) {}
 
   read(lun: number, offset: number, length: number): number[] {
@@ -155,7 +174,7 @@ export class HostStorage {
 
   write(lun: number, offset: number, tags: readonly number[]): void {
     this.checkAlive();
-    if (!this.dropWrites) this.storage.write(this.host, lun, offset, tags);
+    this.storage.write(this.host, lun, offset, tags);
   }
 
   zero(lun: number, offset: number, length: number): void {

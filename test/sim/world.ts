@@ -26,6 +26,8 @@ const COMPACT_AT_START_PROBABILITY = 0.3;
 /** The log is compacted live once it has grown by this much (or by its compacted size). */
 const LOG_SLACK_BYTES_MIN = 2 * 1024;
 const LOG_SLACK_BYTES_MAX = 64 * 1024;
+/** How long after an agent process exits its supervisor starts it again. */
+const SUPERVISOR_RESTART_MS = 500;
 
 export interface WorldParts {
   scheduler: Scheduler;
@@ -97,7 +99,7 @@ export class World implements Chaos, ControlPlane {
   }
 
   addAgent(host: string, tables: SharedTables): void {
-    const { scheduler, random, trace, network, storage, canary } = this.parts;
+    const { scheduler, random, trace, network, storage, canary, containers } = this.parts;
     const env = {
       scheduler,
       random,
@@ -105,12 +107,17 @@ export class World implements Chaos, ControlPlane {
       network,
       storage,
       leaseMs: LEASE_MS,
-      dropWrites: canary === "ack-unwritten",
-      ignoreChangeOrder: canary === "ignore-change-order",
+      canary,
+      containerAt: (path: string) => containers.find((spec) => spec.path === path)?.id,
       registered: () => {
         // Once every running agent has registered with the new controller, none can still use a
         // mapping the crashed one had not committed.
         if (this.controller && this.agents.every((agent) => !agent.isUp || agent.isRegistered)) this.parts.model.controllerLossesSettled();
+      },
+      exited: () => {
+        trace.count("agent refused for good");
+        this.parts.model.agentProcessCrashed(host);
+        scheduler.after(SUPERVISOR_RESTART_MS, this.life, () => this.startAgent(host));
       },
     };
     this.agents.push(new SimAgent(host, env, tables));
