@@ -46,9 +46,9 @@ export interface WorkerEnvironment {
   /** Starts serving `backend` to hosts on `listen`; resolves to the TCP port listened on, if any,
    *  and what stops serving. */
   serve(backend: MappedBackend, listen: NbdListen[]): Promise<{ tcpPort?: number; close(): Promise<void> }>;
-  /** A simulator's deliberate break: how a FUA write has its mapping changes committed, given
-   *  how a FLUSH does. */
-  readonly fuaCommit?: (flushCommit: CommitSender) => CommitSender;
+  /** A simulator's deliberate breaks: how a FLUSH or a FUA write has the mapping changes it
+   *  relied on committed, given how it is done. */
+  readonly adjustCommit?: (commit: CommitSender, by: "flush" | "fua") => CommitSender;
 }
 
 export const realClock: AgentClock = {

@@ -74,9 +74,13 @@ export interface BackendOptions {
   /** Requests of at least this many bytes move their data on the I/O thread pool (default
    *  POOL_TRANSFER_BYTES_MIN; a simulator sets it low, so that its storage delays land there). */
   poolTransferBytesMin?: number;
-  /** A simulator's deliberate break: how a FUA write has the mapping changes it relied on
-   *  committed (by default as a FLUSH does, through sendCommit). */
-  sendFuaCommit?: CommitSender;
+}
+
+/** How a FLUSH and a FUA write have the mapping changes they relied on committed (the same,
+ *  unless a simulator breaks one of them on purpose). */
+export interface CommitSenders {
+  flush: CommitSender;
+  fua: CommitSender;
 }
 
 export class MappedBackend implements NbdBackend {
@@ -85,7 +89,6 @@ export class MappedBackend implements NbdBackend {
 
   private gateWaiters: (() => void)[] = [];
   readonly poolTransferBytesMin: number;
-  readonly sendFuaCommit: CommitSender;
 
   constructor(
     readonly tables: SharedTables,
@@ -94,12 +97,11 @@ export class MappedBackend implements NbdBackend {
     readonly era: RegistrationEra,
     readonly files: ContainerFiles,
     readonly sendFault: FaultSender,
-    readonly sendCommit: CommitSender,
+    readonly sendCommit: CommitSenders,
     readonly countOpen: OpenCounter,
     options: BackendOptions = {},
   ) {
     this.poolTransferBytesMin = options.poolTransferBytesMin ?? POOL_TRANSFER_BYTES_MIN;
-    this.sendFuaCommit = options.sendFuaCommit ?? sendCommit;
   }
 
   /** Resolves at the next activate (the caller then looks at its gate again). */
@@ -233,7 +235,7 @@ class MappedExport implements ExportHandle {
     if (!fua) return done;
     return chain(
       () => done,
-      () => this.backend.sendFuaCommit(this.disk, this.era),
+      () => this.backend.sendCommit.fua(this.disk, this.era),
     );
   }
 
@@ -296,7 +298,7 @@ class MappedExport implements ExportHandle {
   /** The controller commits the mapping changes this disk's writes relied on (allocations and
    *  copy-on-write are not made durable one by one), then the containers are synced. */
   async flush(): Promise<void> {
-    await this.backend.sendCommit(this.disk, this.era);
+    await this.backend.sendCommit.flush(this.disk, this.era);
     this.backend.files.syncAll();
   }
 

@@ -72,6 +72,7 @@ export class WorkerThread {
     const lease = Lease.attach(message.lease, message.clock, env.clock);
     const files = new ContainerFiles((container, message) => this.post({ type: "storage-error", container, message }), lease, env.files);
     const commit: CommitSender = (disk, era) => this.ask({ type: "commit", request: this.nextRequest++, disk, era });
+    const commitFor = (by: "flush" | "fua") => env.adjustCommit?.(commit, by) ?? commit;
     const backend = new MappedBackend(
       tables,
       InflightTracker.attach(message.inflight),
@@ -84,9 +85,9 @@ export class WorkerThread {
         const { gone: _, ...rest } = fault;
         return this.ask({ type: "fault", request, ...rest });
       },
-      commit,
+      { flush: commitFor("flush"), fua: commitFor("fua") },
       (disk, delta) => this.post({ type: "connections", disk, delta }),
-      { poolTransferBytesMin: env.poolTransferBytesMin, sendFuaCommit: env.fuaCommit?.(commit) },
+      { poolTransferBytesMin: env.poolTransferBytesMin },
     );
     this.backend = backend;
     const { tcpPort, close } = await env.serve(backend, message.listen);

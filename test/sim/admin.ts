@@ -14,6 +14,8 @@ import type { Trace } from "./trace.ts";
 const DISKS_MAX = 10;
 const DISK_SEGMENTS_MIN = 4;
 const DISK_SEGMENTS_MAX = 12;
+/** The share of new disks presented on their writer's agent alone. */
+const ONE_HOST_PROBABILITY = 0.5;
 /** How long the administrator waits before trying a failed repair of its own mistake again. */
 const RETRY_MS = 100;
 
@@ -125,7 +127,11 @@ export class Admin {
     const mode: DiskMode = random.chance(0.5) ? "forward" : "reverse";
     const outcome = await this.env.control.call((controller) => controller.request("disk.create", { name, size, segmentSize: 2 ** shift, mode }));
     this.note(`create ${name} (${size / 2 ** shift} segments of ${2 ** (shift - 10)} KiB, ${mode})`, outcome);
-    if (outcome.kind === "ok" || (await this.exists(outcome, name))) this.register(new DiskInfo(model.addDisk(name, size / BLOCK_BYTES), shift, name, true));
+    if (!(outcome.kind === "ok" || (await this.exists(outcome, name)))) return;
+    const disk = new DiskInfo(model.addDisk(name, size / BLOCK_BYTES), shift, name, true);
+    this.register(disk);
+    // Often one host uses a disk, as a VM's: the controller then commits its mappings lazily.
+    if (disk.writer !== null && random.chance(ONE_HOST_PROBABILITY)) await this.changeExports(disk, disk.writer, true);
   }
 
   /** Its writes go to another host (the VM moved). */
@@ -160,10 +166,15 @@ export class Admin {
     const registered = (await this.env.control.live()).agents.ids();
     if (!add && disk.exportedTo === null && this.env.hosts.some((other) => !registered.includes(other))) return;
     if (!add) disk.exportedTo = new Set(presenting.filter((other) => other !== host));
+    await this.changeExports(disk, host, add);
+  }
+
+  /** Exports `disk` to `host`'s agent (or unexports it from there); then hosts use the agents the
+   *  controller lists for it, as far as they used them before. */
+  private async changeExports(disk: DiskInfo, host: string, add: boolean): Promise<void> {
     const outcome = await this.env.control.call((controller) => controller.request(add ? "disk.export" : "disk.unexport", { name: disk.name, agent: host }));
     this.note(`${add ? "export" : "unexport"} ${disk.name} ${add ? "to" : "from"} ${host}`, outcome);
     if (outcome.kind === "down") return;
-    // Hosts use the agents the controller's list names, as far as the workload knew them before.
     const listed = (await this.env.control.live()).catalog.diskByName(disk.name)?.exports;
     if (!listed) return;
     const before = this.env.hosts.filter((other) => disk.presentedTo(other) || (add && outcome.kind === "ok" && other === host));

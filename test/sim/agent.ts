@@ -216,7 +216,7 @@ class AgentProcess {
         // Every transfer waits in the simulated I/O pool (all of them are whole blocks).
         poolTransferBytesMin: BLOCK_BYTES,
         serve: async () => ({ close: async () => undefined }),
-        fuaCommit: canary === "fua-before-commit" ? () => async () => undefined : undefined,
+        adjustCommit: commitCanary(canary),
       };
       const toWorker = new ThreadQueue<ToWorker>(scheduler, random, life);
       const fromWorker = new ThreadQueue<FromWorker>(scheduler, random, life);
@@ -275,3 +275,13 @@ class ThreadQueue<T> {
     this.handlers.push(handle);
   }
 }
+
+/** The canaries that break how FLUSH and FUA have mapping changes committed. */
+function commitCanary(canary: Canary | undefined): WorkerEnvironment["adjustCommit"] {
+  if (canary === "fua-before-commit") return (commit, by) => (by === "fua" ? async () => undefined : commit);
+  if (canary === "flush-misses-loss") return (commit, by) => (by === "flush" ? (disk) => commit(disk, ERA_AFTER_EVERY_LOSS) : commit);
+  return undefined;
+}
+
+/** A registration era later than any loss can be. */
+const ERA_AFTER_EVERY_LOSS = 2 ** 31 - 1;

@@ -177,18 +177,22 @@ export class Hosts {
         await this.trim(connection, disk, from, Math.min(segment === undefined ? random.int(1, 2) : 1, segments - from));
         return true;
       }
-      case "flush": {
-        const mark = this.env.model.flushMark();
-        const outcome = await settle(connection.flush());
-        this.note(`host ${connection.id}: flush ${disk.name}: ${outcome}`, "flush", outcome);
-        if (outcome === "ok") this.env.model.flushed(disk.model, connection.id, mark);
-        return outcome === "ok";
-      }
+      case "flush":
+        return this.flush(connection, disk);
     }
   }
 
+  /** A FLUSH; true if it succeeded. */
+  async flush(connection: HostConnection, disk: DiskInfo): Promise<boolean> {
+    const mark = this.env.model.flushMark();
+    const outcome = await settle(connection.flush());
+    this.note(`host ${connection.id}: flush ${disk.name}: ${outcome}`, "flush", outcome);
+    if (outcome === "ok") this.env.model.flushed(disk.model, connection.id, mark);
+    return outcome === "ok";
+  }
+
   /** Reads blocks and checks them against the model; false if the read failed. */
-  private async read(connection: HostConnection, disk: DiskInfo, first: number, count: number): Promise<boolean> {
+  async read(connection: HostConnection, disk: DiskInfo, first: number, count: number): Promise<boolean> {
     const window = this.env.model.beginRead(disk.model, first, count);
     let values: number[];
     try {
@@ -203,10 +207,11 @@ export class Hosts {
     return true;
   }
 
-  private async write(connection: HostConnection, disk: DiskInfo, first: number, count: number, zeros: boolean): Promise<void> {
+  /** Writes blocks (zeros: WRITE_ZEROES), with FUA as asked or at random. */
+  async write(connection: HostConnection, disk: DiskInfo, first: number, count: number, zeros: boolean, withFua?: boolean): Promise<void> {
     if (!disk.tryLock(first, count)) return;
     const op = zeros ? "zero" : "write";
-    const fua = this.env.random.chance(FUA_PROBABILITY);
+    const fua = withFua ?? this.env.random.chance(FUA_PROBABILITY);
     const tags = Array.from({ length: count }, () => (zeros ? 0 : this.nextTag++));
     const what = `${op}${fua ? " fua" : ""} ${disk.name}[${first}+${count}]`;
     this.env.trace.note(`host ${connection.id}: ${what} begins`);

@@ -6,9 +6,9 @@
 // once the directory is synced, and a crash before that leaves either file. At each start the
 // image is written to a real file for AppendLog.open, so recovery is the real code reading the
 // real format. (The real files under the simulation's directory stand in for descriptors only.)
-import { writeFileSync } from "node:fs";
+import { openSync, renameSync, writeFileSync } from "node:fs";
 import { Catalog, parseRecord } from "../../engine/catalog.ts";
-import { nodeLogIo, type LogIo } from "../../engine/log/log-io.ts";
+import type { LogIo } from "../../engine/log/log-io.ts";
 import { encodePayload, frameRecords } from "../../engine/log/record.ts";
 import { scanRecords } from "../../engine/log/recovery.ts";
 import { assert } from "../../engine/util/assert.ts";
@@ -172,15 +172,21 @@ class MemoryLogIo implements LogIo {
     return this.later(this.random.between(0.1, 1.5), () => file.synced(upTo));
   }
 
-  async open(path: string, flags: string): Promise<number> {
-    const fd = await nodeLogIo.open(path, flags);
-    await this.later(this.random.between(0.02, 0.3), () => this.disk.openedFile(path, fd));
-    return fd;
+  // The real calls are synchronous: a real asynchronous one would finish at a time the simulation
+  // does not decide, and a seed would no longer replay exactly.
+  open(path: string, flags: string): Promise<number> {
+    return this.later(this.random.between(0.02, 0.3), () => {
+      const fd = openSync(path, flags);
+      this.disk.openedFile(path, fd);
+      return fd;
+    });
   }
 
-  async rename(from: string, to: string): Promise<void> {
-    await nodeLogIo.rename(from, to);
-    await this.later(this.random.between(0.02, 0.3), () => this.disk.renamed(from));
+  rename(from: string, to: string): Promise<void> {
+    return this.later(this.random.between(0.02, 0.3), () => {
+      renameSync(from, to);
+      this.disk.renamed(from);
+    });
   }
 
   syncDir(_path: string): Promise<void> {

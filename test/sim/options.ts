@@ -51,9 +51,10 @@ export const NO_FAULTS: FaultRates = {
  * old ones while another writes through the new); "ignore-change-order" makes agents apply a
  * fault's answer even when a newer change to the same entries arrived first; "fua-before-commit"
  * makes agents answer FUA writes without waiting for the commit of the mapping changes they
- * relied on.
+ * relied on; "flush-misses-loss" answers every FLUSH as if its connection had opened after the
+ * latest loss of mapping changes (a loss reported to the wrong FLUSH).
  */
-export const CANARIES = ["skip-copy", "ack-unwritten", "push-over-old-entries", "ignore-change-order", "fua-before-commit"] as const;
+export const CANARIES = ["skip-copy", "ack-unwritten", "push-over-old-entries", "ignore-change-order", "fua-before-commit", "flush-misses-loss"] as const;
 export type Canary = (typeof CANARIES)[number];
 
 export interface SimOptions {

@@ -3,6 +3,7 @@
 // and those not fixed yet (skipped, each reproducible from its seed).
 import { expect, test } from "bun:test";
 import { NO_FAULTS, type Canary, type SimOptions } from "./options.ts";
+import { SCENARIOS, type ScenarioName } from "./scenarios.ts";
 import { runSimulation, type SimResult } from "./sim.ts";
 
 const CI_SEEDS = 200;
@@ -103,6 +104,7 @@ const CANARY_RUNS: { canary: Canary; sharedWriters: boolean }[] = [
   { canary: "ack-unwritten", sharedWriters: false },
   { canary: "push-over-old-entries", sharedWriters: true },
   { canary: "ignore-change-order", sharedWriters: false },
+  { canary: "fua-before-commit", sharedWriters: false },
 ];
 
 for (const { canary, sharedWriters } of CANARY_RUNS) {
@@ -113,6 +115,25 @@ for (const { canary, sharedWriters } of CANARY_RUNS) {
       if (!result.ok) failed = result;
     }
     expect(failed?.failure ?? null).not.toBeNull();
+  });
+}
+
+/** Each scripted story, and the canary that breaks exactly what it shows (random seeds reach the
+ *  lost mapping of "flush-misses-loss" too seldom: a few in a thousand). */
+const SCENARIO_RUNS: { scenario: ScenarioName; canary: Canary }[] = [
+  { scenario: "fua-write-outlives-both-processes", canary: "fua-before-commit" },
+  { scenario: "flush-after-lost-mapping-fails", canary: "flush-misses-loss" },
+];
+const SCENARIO_SEEDS = 5;
+
+for (const { scenario, canary } of SCENARIO_RUNS) {
+  test(`simulator: the story "${scenario}" keeps every invariant, and the canary "${canary}" breaks it`, async () => {
+    for (let seed = 1; seed <= SCENARIO_SEEDS; seed += 1) {
+      const kept = await runSimulation({ seed, faults: NO_FAULTS }, SCENARIOS[scenario]);
+      expect(kept.ok ? null : `${describeFailure(kept, { faults: NO_FAULTS })} --scenario ${scenario}`).toBeNull();
+      const broken = await runSimulation({ seed, faults: NO_FAULTS, canary }, SCENARIOS[scenario]);
+      expect(broken.failure).toMatch(/block \d+ reads \d+, but only \d+ may be there/);
+    }
   });
 }
 

@@ -47,13 +47,28 @@ export interface SimResult {
   lastLines: string[];
 }
 
-export async function runSimulation(options: SimOptions): Promise<SimResult> {
+/** What a scenario drives: the world and its hosts and administrator, after the boot. */
+export interface SimRun {
+  scheduler: Scheduler;
+  world: World;
+  hosts: Hosts;
+  /** Runs events until `done` or the first violation; a deadline passed is a liveness failure. */
+  runUntil(done: () => boolean, limitMs: number, what: string): Promise<boolean>;
+  /** Runs events until `work` settles (as runUntil). */
+  finish(work: Promise<unknown>, limitMs: number, what: string): Promise<boolean>;
+}
+
+/** A scripted run instead of the random workload: the steps of one story, checked as any run. */
+export type Scenario = (run: SimRun) => Promise<void>;
+
+/** One run of the random workload, or of `scenario` after the same boot. */
+export async function runSimulation(options: SimOptions, scenario?: Scenario): Promise<SimResult> {
   const dir = mkdtempSync(join(tmpdir(), "tabledisk-sim-"));
   const scheduler = new Scheduler();
   const trace = new Trace(scheduler, options.echo ?? null, dir);
   let failure: string | null = null;
   try {
-    failure = await simulate(options, scheduler, trace, dir);
+    failure = await simulate(options, scheduler, trace, dir, scenario);
   } catch (error) {
     failure = `the simulator threw: ${(error as Error).stack ?? error}`;
   } finally {
@@ -73,7 +88,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   };
 }
 
-async function simulate(options: SimOptions, scheduler: Scheduler, trace: Trace, dir: string): Promise<string | null> {
+async function simulate(options: SimOptions, scheduler: Scheduler, trace: Trace, dir: string, scenario: Scenario | undefined): Promise<string | null> {
   const random = new Random(options.seed);
   const rates = { ...DEFAULT_FAULTS, ...options.faults };
   const storage = new SimStorage(random.fork());
@@ -94,14 +109,15 @@ async function simulate(options: SimOptions, scheduler: Scheduler, trace: Trace,
   world.injector = new Injector(scheduler, random.fork(), trace, world, rates);
   const restoreConsole = captureConsole(trace, (text) => world.violate(`internal error: ${text}`));
   try {
-    return await runPhases(options, scheduler, trace, random, world);
+    return await runPhases(options, scheduler, trace, random, world, scenario);
   } finally {
     restoreConsole();
   }
 }
 
-/** Boot, the workload under faults, settling and checks, the power loss and checks again. */
-async function runPhases(options: SimOptions, scheduler: Scheduler, trace: Trace, random: Random, world: World): Promise<string | null> {
+/** Boot, the workload under faults (or the scenario), settling and checks, the power loss and
+ *  checks again. */
+async function runPhases(options: SimOptions, scheduler: Scheduler, trace: Trace, random: Random, world: World, scenario: Scenario | undefined): Promise<string | null> {
   const { model, disks } = world;
   const agentCount = random.int(2, 3);
   for (let i = 0; i < agentCount; i += 1) world.addAgent(`a${i}`, await SharedTables.create());
@@ -150,22 +166,26 @@ async function runPhases(options: SimOptions, scheduler: Scheduler, trace: Trace
   if (!(await runUntil(() => world.allRegistered, BOOT_MS_MAX, "the agents register"))) return world.violation;
   if (!(await finish(admin.createInitialDisks(random.int(2, 3)), BOOT_MS_MAX, "the first disks are created"))) return world.violation;
 
-  // The workload under faults.
-  const durationMs = options.durationMs ?? DURATION_MS_DEFAULT;
-  const end = scheduler.now + durationMs;
-  hosts.start(STREAMS_PER_HOST);
-  admin.start();
-  world.injector.plan(durationMs);
-  const checker = () => {
-    checkQuiet("during the run");
-    if (scheduler.now < end) scheduler.after(CHECK_EVERY_MS, world.life, checker);
-  };
-  checker();
-  await scheduler.run(() => world.violation !== null, end);
+  if (scenario) {
+    await scenario({ scheduler, world, hosts, runUntil, finish });
+  } else {
+    // The workload under faults.
+    const durationMs = options.durationMs ?? DURATION_MS_DEFAULT;
+    const end = scheduler.now + durationMs;
+    hosts.start(STREAMS_PER_HOST);
+    admin.start();
+    world.injector.plan(durationMs);
+    const checker = () => {
+      checkQuiet("during the run");
+      if (scheduler.now < end) scheduler.after(CHECK_EVERY_MS, world.life, checker);
+    };
+    checker();
+    await scheduler.run(() => world.violation !== null, end);
+    hosts.stop();
+    admin.stop();
+    world.injector.stop();
+  }
   if (world.violation) return world.violation;
-  hosts.stop();
-  admin.stop();
-  world.injector.stop();
 
   // Everything heals: the state must be consistent and every disk read what the model allows.
   if (!(await settle())) return world.violation;

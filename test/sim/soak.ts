@@ -2,12 +2,14 @@
 // that replays it.
 //
 //   bun test/sim/soak.ts [--seeds N] [--from S] [--duration MS] [--shared-writers] [--no-faults]
-//                        [--canary NAME] [--trace]
+//                        [--canary NAME] [--scenario NAME] [--trace]
 //
 // --trace prints every line of each run's trace (use it with --seeds 1 to replay one seed);
-// --canary runs with one of the deliberate breaks of options.ts (to replay how it fails).
+// --canary runs with one of the deliberate breaks of options.ts (to replay how it fails);
+// --scenario runs one of the scripted stories of scenarios.ts instead of the random workload.
 import { parseArgs } from "node:util";
 import { CANARIES, NO_FAULTS, type Canary } from "./options.ts";
+import { SCENARIOS, type ScenarioName } from "./scenarios.ts";
 import { runSimulation } from "./sim.ts";
 
 const { values } = parseArgs({
@@ -18,6 +20,7 @@ const { values } = parseArgs({
     "shared-writers": { type: "boolean", default: false },
     "no-faults": { type: "boolean", default: false },
     canary: { type: "string" },
+    scenario: { type: "string" },
     trace: { type: "boolean", default: false },
   },
 });
@@ -26,15 +29,18 @@ const count = Number(values.seeds);
 const from = Number(values.from);
 const durationMs = values.duration === undefined ? undefined : Number(values.duration);
 const canary = values.canary as Canary | undefined;
+const scenario = values.scenario as ScenarioName | undefined;
 if (
   !Number.isSafeInteger(count) ||
   count < 1 ||
   !Number.isSafeInteger(from) ||
   (durationMs !== undefined && !(durationMs > 0)) ||
-  (canary !== undefined && !CANARIES.includes(canary))
+  (canary !== undefined && !CANARIES.includes(canary)) ||
+  (scenario !== undefined && !(scenario in SCENARIOS))
 ) {
-  console.error("usage: bun test/sim/soak.ts [--seeds N] [--from S] [--duration MS] [--shared-writers] [--no-faults] [--canary NAME] [--trace]");
+  console.error("usage: bun test/sim/soak.ts [--seeds N] [--from S] [--duration MS] [--shared-writers] [--no-faults] [--canary NAME] [--scenario NAME] [--trace]");
   console.error(`canaries: ${CANARIES.join(", ")}`);
+  console.error(`scenarios: ${Object.keys(SCENARIOS).join(", ")}`);
   process.exit(2);
 }
 
@@ -43,6 +49,7 @@ const flags = [
   values["no-faults"] ? " --no-faults" : "",
   durationMs ? ` --duration ${durationMs}` : "",
   canary ? ` --canary ${canary}` : "",
+  scenario ? ` --scenario ${scenario}` : "",
 ].join("");
 const failed: number[] = [];
 const totals = new Map<string, number>();
@@ -55,7 +62,7 @@ for (let seed = from; seed < from + count; seed += 1) {
     faults: values["no-faults"] ? NO_FAULTS : undefined,
     canary,
     echo: values.trace ? (line) => console.log(line) : undefined,
-  });
+  }, scenario && SCENARIOS[scenario]);
   for (const [kind, n] of Object.entries(result.counts)) totals.set(kind, (totals.get(kind) ?? 0) + n);
   if (!result.ok) {
     failed.push(seed);
